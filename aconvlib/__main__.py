@@ -1,0 +1,3 @@
+from aconvlib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Execute the book's chapters with papermill and build the offline HTML book.
+
+Chapter sources are the notebooks in ``notebooks/``; each has a cell tagged ``parameters``.
+Parameter profiles (``smoke``: CPU, minutes, used by CI; ``full``: GPU, the paper's settings)
+live in one place, ``notebooks/profiles.yml``: a ``defaults`` block plus per-chapter overrides.
+Executed notebooks are written to ``book/chapters/`` and the HTML is built from them with
+jupyter-book 1.x without re-executing.
+"""
+from __future__ import annotations
+
+import html.parser
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+BOOK_DIR = ROOT / "book"
+PROFILES_FILE = NOTEBOOK_DIR / "profiles.yml"
+
+
+class ChapterError(RuntimeError):
+    """A chapter failed to execute; the message names the chapter and the failing cell."""
+
+
+def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Chapter notebooks in book order (file names start with their number, e.g. ``00_models.ipynb``)."""
+    return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_chapters(selection: list[str] | None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Chapters matching the given names or number prefixes (all when ``selection`` is empty)."""
+    every = chapters(notebook_dir)
+    if not selection:
+        return every
+    chosen = []
+    for sel in selection:
+        hits = [p for p in every if p.stem == sel or p.stem.startswith(f"{sel}_") or p.name == sel]
+        if not hits:
+            raise ChapterError(f"no chapter matches {sel!r}; chapters: {', '.join(p.stem for p in every)}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+def load_profile(profile: str, chapter: str, profiles_file: Path = PROFILES_FILE) -> dict:
+    """Parameters of ``chapter`` (notebook stem) under ``profile``: defaults updated by chapter overrides."""
+    profiles = yaml.safe_load(Path(profiles_file).read_text())
+    if profile not in profiles:
+        raise ChapterError(f"unknown profile {profile!r}; profiles: {', '.join(profiles)}")
+    prof = profiles[profile] or {}
+    params = dict(prof.get("defaults") or {})
+    params.update((prof.get("chapters") or {}).get(chapter) or {})
+    return params
+
+
+def _notebook_parameters(path: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)).keys())
+
+
+def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path = BOOK_DIR / "chapters",
+                    extra: dict | None = None, profiles_file: Path = PROFILES_FILE, timeout: int = 3600) -> Path:
+    """Execute one chapter with papermill under ``profile``; return the executed notebook's path.
+
+    Raises:
+        ChapterError: naming the chapter, the failing cell and the exception.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    path = Path(path)
+    declared = _notebook_parameters(path)
+    params = load_profile(profile, path.stem, profiles_file)
+    params.update(extra or {})
+    params["profile"] = profile
+    unknown = sorted(set(params) - declared - {"profile"})
+    params = {k: v for k, v in params.items() if k in declared}
+    if unknown:
+        print(f"[aconv] {path.stem}: profile keys not declared by the chapter, ignored: {unknown}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / path.name
+    t0 = time.time()
+    try:
+        papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+                                   progress_bar=False, kernel_name="python3", execution_timeout=timeout)
+    except PapermillExecutionError as e:
+        raise ChapterError(f"chapter {path.stem!r} failed in cell {e.cell_index} "
+                           f"(execution count {e.exec_count}): {e.ename}: {e.evalue}") from None
+    except Exception as e:  # kernel died, timeout, bad notebook
+        raise ChapterError(f"chapter {path.stem!r} failed: {type(e).__name__}: {e}") from None
+    print(f"[aconv] {path.stem}: executed under profile {profile!r} in {time.time() - t0:.1f} s -> {out}")
+    return out
+
+
+def build_html(book_dir: Path = BOOK_DIR) -> Path:
+    """Build the HTML book with jupyter-book 1.x (no execution); return ``_build/html``."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_dir), "--builder", "html"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ChapterError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    html_dir = book_dir / "_build" / "html"
+    _install_mathjax(book_dir, html_dir)
+    return html_dir
+
+
+def _install_mathjax(book_dir: Path, html_dir: Path) -> None:
+    src = book_dir / "_static" / "mathjax"
+    if not (src / "tex-mml-chtml.js").exists():
+        raise ChapterError(f"MathJax is missing from {src}; the book would load it from the internet")
+    # Sphinx copies _static already; make sure the fonts came along too.
+    dst = html_dir / "_static" / "mathjax"
+    if not (dst / "output").exists():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+class _ResourceFinder(html.parser.HTMLParser):
+    """Collects URLs that a browser would fetch when showing a page (not plain hyperlinks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("script", "img", "iframe", "source", "video", "audio", "embed") and a.get("src"):
+            self.urls.append(a["src"])
+        if tag == "link" and a.get("href") and (a.get("rel") or "") not in ("canonical",):
+            self.urls.append(a["href"])
+        if tag == "object" and a.get("data"):
+            self.urls.append(a["data"])
+
+
+_EXTERNAL = re.compile(r"^(https?:)?//", re.I)
+_CSS_URL = re.compile(r"url\(\s*['\"]?((?:https?:)?//[^)'\"]+)")
+_JS_URL = re.compile(r"[\"'](https?://[^\"']+\.(?:js|css|woff2?|ttf)(?:\?[^\"']*)?)[\"']")
+
+
+def external_resources(html_dir: Path) -> list[tuple[str, str]]:
+    """(file, url) pairs of every resource the built book would load from the network."""
+    html_dir = Path(html_dir)
+    found = []
+    for page in html_dir.rglob("*.html"):
+        finder = _ResourceFinder()
+        finder.feed(page.read_text(errors="replace"))
+        found += [(str(page.relative_to(html_dir)), u) for u in finder.urls if _EXTERNAL.match(u)]
+        found += [(str(page.relative_to(html_dir)), u) for u in _CSS_URL.findall(page.read_text(errors="replace"))]
+    for css in html_dir.rglob("*.css"):
+        found += [(str(css.relative_to(html_dir)), u) for u in _CSS_URL.findall(css.read_text(errors="replace"))]
+    return found
+
+
+def check_offline(html_dir: Path = BOOK_DIR / "_build" / "html") -> None:
+    """Raise if the built book would load anything from the internet."""
+    html_dir = Path(html_dir)
+    if not (html_dir / "index.html").exists():
+        raise ChapterError(f"no built book at {html_dir}; run `aconv book` first")
+    bad = external_resources(html_dir)
+    if bad:
+        lines = "\n".join(f"  {f}: {u}" for f, u in bad[:20])
+        raise ChapterError(f"the built book loads {len(bad)} external resource(s):\n{lines}")
+
+
+def run_book(selection: list[str] | None = None, profile: str = "smoke", build: bool = True,
+             extra: dict | None = None) -> Path | None:
+    """Execute the selected chapters under ``profile``, then build and check the HTML book."""
+    for path in select_chapters(selection):
+        execute_chapter(path, profile, extra=extra)
+    if not build:
+        return None
+    html_dir = build_html()
+    check_offline(html_dir)
+    print(f"[aconv] book built: {html_dir / 'index.html'} (no external resources)")
+    return html_dir
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("book", help="execute chapters with papermill under a profile, then build the HTML book")
+    p.add_argument("chapters", nargs="*", help="chapter names or numbers (default: all)")
+    p.add_argument("--profile", default="smoke", help="parameter profile from notebooks/profiles.yml")
+    p.add_argument("--no-build", action="store_true", help="only execute the chapters")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a chapter parameter (YAML value), e.g. -p model=sd15")
+    p.set_defaults(func=lambda a: run_book(a.chapters, a.profile, not a.no_build,
+                                           {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.param)}))
+    b = sub.add_parser("build", help="build the HTML book from already executed chapters")
+    b.set_defaults(func=lambda a: check_offline(build_html()))
+    c = sub.add_parser("check-offline", help="fail if the built HTML loads anything from the internet")
+    c.add_argument("html_dir", nargs="?", default=str(BOOK_DIR / "_build" / "html"))
+    c.set_defaults(func=lambda a: check_offline(Path(a.html_dir)))
