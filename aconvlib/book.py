@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html.parser
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -106,18 +105,10 @@ def build_html(book_dir: Path = BOOK_DIR) -> Path:
     if res.returncode != 0:
         raise ChapterError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
     html_dir = book_dir / "_build" / "html"
-    _install_mathjax(book_dir, html_dir)
+    # MathJax is served from the build (book/_extra/mathjax, copied by Sphinx's html_extra_path).
+    if not (html_dir / "mathjax" / "tex-mml-chtml.js").exists():
+        raise ChapterError(f"MathJax is missing from {html_dir / 'mathjax'}; the book would not render math offline")
     return html_dir
-
-
-def _install_mathjax(book_dir: Path, html_dir: Path) -> None:
-    src = book_dir / "_static" / "mathjax"
-    if not (src / "tex-mml-chtml.js").exists():
-        raise ChapterError(f"MathJax is missing from {src}; the book would load it from the internet")
-    # Sphinx copies _static already; make sure the fonts came along too.
-    dst = html_dir / "_static" / "mathjax"
-    if not (dst / "output").exists():
-        shutil.copytree(src, dst, dirs_exist_ok=True)
 
 
 class _ResourceFinder(html.parser.HTMLParser):

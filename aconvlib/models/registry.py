@@ -182,10 +182,18 @@ def load_denoiser(name: str, *, weights: bool = True, device: str | torch.device
             model = cls.from_config(config)
         return _place(model, device, dtype)
     try:
-        model = cls.from_pretrained(spec.hub_id, subfolder=spec.denoiser_subfolder, torch_dtype=dtype)
+        model = cls.from_pretrained(spec.hub_id, subfolder=spec.denoiser_subfolder, **_dtype_kwarg(dtype))
     except (OSError, ValueError, EnvironmentError) as err:
         raise _missing_weights_error(spec.hub_id, spec.family, err) from err
     return _place(model, device, None)
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """diffusers >= 0.36 names the loading dtype ``dtype``; older releases ``torch_dtype``."""
+    import diffusers
+    from packaging.version import Version
+
+    return {"dtype" if Version(diffusers.__version__) >= Version("0.36") else "torch_dtype": dtype}
 
 
 def _place(model, device, dtype):
@@ -206,7 +214,7 @@ def load_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(spec.hub_id, torch_dtype=dtype, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(spec.hub_id, **_dtype_kwarg(dtype), **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:
         raise _missing_weights_error(spec.hub_id, spec.family, err) from err
     return pipe.to(device)

@@ -1,0 +1,39 @@
+# The two entry points of this repository (see README):
+#   make book   set up .venv if needed, execute every chapter (smoke profile, embedded models)
+#               with papermill, build the offline HTML book into book/_build/html
+#   make test   set up .venv if needed, then everything CI checks: the chapters + book build +
+#               offline check, then the unit tests
+# Both are idempotent: the environment is installed once (stamp file) and reused.
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= smoke
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.aconv-installed
+
+.PHONY: setup book test unit clean-book
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[book,dev,kernels]"
+	# natten compiles against the installed torch, so it needs torch first and no build isolation
+	$(BIN)/python -m pip install -q --no-build-isolation natten
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/aconv book --profile $(PROFILE)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test: $(STAMP)
+	$(BIN)/aconv book --profile smoke
+	$(BIN)/python -m pytest -q tests
+
+clean-book:
+	rm -rf book/_build book/chapters

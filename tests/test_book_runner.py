@@ -1,0 +1,80 @@
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from aconvlib.book import (ChapterError, check_offline, execute_chapter, external_resources, load_profile,
+                           select_chapters)
+
+
+def _notebook(path: Path, body: str) -> Path:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = new_code_cell("x = 1\nprofile = 'none'")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, new_code_cell("y = x + 1"), new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def profiles(tmp_path):
+    f = tmp_path / "profiles.yml"
+    f.write_text("smoke:\n  defaults: {x: 2}\n  chapters:\n    99_ok: {x: 5}\nfull:\n  defaults: {x: 3}\n")
+    return f
+
+
+def test_profiles_merge_defaults_and_chapter_overrides(profiles):
+    assert load_profile("smoke", "99_ok", profiles) == {"x": 5}
+    assert load_profile("smoke", "98_other", profiles) == {"x": 2}
+    with pytest.raises(ChapterError, match="unknown profile"):
+        load_profile("fast", "99_ok", profiles)
+
+
+def test_repository_profiles_cover_every_chapter():
+    for prof in ("smoke", "full"):
+        for ch in select_chapters(None):
+            params = load_profile(prof, ch.stem)
+            assert {"device", "seed", "output_dir"} <= set(params), (prof, ch.stem)
+
+
+def test_chapter_executes_with_profile_parameters(tmp_path, profiles):
+    src = _notebook(tmp_path / "99_ok.ipynb", "assert y == 6, y")
+    out = execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_file=profiles)
+    nb = nbformat.read(out, 4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+def test_broken_chapter_fails_loudly_with_name_and_cell(tmp_path, profiles):
+    src = _notebook(tmp_path / "99_broken.ipynb", "raise ValueError('boom in chapter')")
+    with pytest.raises(ChapterError) as e:
+        execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_file=profiles)
+    msg = str(e.value)
+    assert "99_broken" in msg and "ValueError" in msg and "boom in chapter" in msg and "cell" in msg
+
+
+def test_select_chapters_by_number_and_unknown():
+    assert select_chapters(["00"])[0].stem == "00_models"
+    with pytest.raises(ChapterError, match="no chapter matches"):
+        select_chapters(["42"])
+
+
+def test_offline_check_finds_external_resources(tmp_path):
+    (tmp_path / "index.html").write_text(
+        '<html><head><script src="https://cdn.example.com/x.js"></script>'
+        '<link rel="stylesheet" href="_static/a.css"><link rel="stylesheet" href="//fonts.example.com/f.css">'
+        '</head><body><a href="https://arxiv.org">paper</a><img src="_static/i.png"></body></html>')
+    (tmp_path / "a.css").write_text("@font-face { src: url('https://fonts.example.com/f.woff2'); }")
+    bad = {u for _, u in external_resources(tmp_path)}
+    assert bad == {"https://cdn.example.com/x.js", "//fonts.example.com/f.css", "https://fonts.example.com/f.woff2"}
+    with pytest.raises(ChapterError, match="3 external"):
+        check_offline(tmp_path)
+
+
+def test_cli_lists_models(capsys):
+    from aconvlib.cli import main
+    assert main(["models"]) == 0
+    assert "sd15" in capsys.readouterr().out
+    assert main(["layers", "no-such-model"]) == 1
