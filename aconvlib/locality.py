@@ -80,7 +80,7 @@ def _window_sums(rows: torch.Tensor, q_idx: torch.Tensor, grid: tuple[int, int],
     c = rows.shape[0]
     s = torch.zeros(c, h + 1, w + 1, dtype=torch.float64, device=rows.device)
     s[:, 1:, 1:] = rows.reshape(c, h, w).double().cumsum(1).cumsum(2)
-    s = s.reshape(c, -1)
+    s = s.reshape(c, (h + 1) * (w + 1))
     r = (ks - 1) // 2
     qi, qj = (q_idx // w)[:, None], (q_idx % w)[:, None]
     i0, i1 = (qi - r).clamp(min=0), (qi + r).clamp(max=h - 1) + 1

@@ -90,3 +90,16 @@ def denoise(model, x: torch.Tensor, t: torch.Tensor, text_states: torch.Tensor) 
             out = out.chunk(2, dim=1)[0]
         return out
     return model(x, t, encoder_hidden_states=text_states, return_dict=False)[0]
+
+
+def make_scheduler(kind: str = "dpm", config: dict | None = None):
+    """A diffusers scheduler on the training schedule: ``"dpm"`` (DPM-Solver++ 2M, the default),
+    ``"ddim"`` or ``"ddpm"`` (training)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    cls = {"dpm": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}[kind]
+    cfg = dict(config or scheduler_config())
+    if kind == "dpm":
+        cfg.setdefault("algorithm_type", "dpmsolver++")
+        cfg.setdefault("solver_order", 2)
+    return cls.from_config(cfg)

@@ -1,0 +1,149 @@
+"""``MiniPipeline``: text-to-image sampling for mini-sd / mini-dit with the diffusers calling convention.
+
+``pipe(prompt, num_inference_steps=20, guidance_scale=4.0, generator=None, height=64, width=64)``
+returns an object with ``.images`` (PIL list, or a (B,3,H,W) tensor / (B,H,W,3) array in [0,1]).
+The denoiser is ``pipe.unet`` (``UNet2DConditionModel``) or ``pipe.transformer``
+(``PixArtTransformer2DModel``) and is called exactly as diffusers' SD / PixArt pipelines call it, with
+the classifier-free-guidance batch ``[uncond, cond]``; attention processors installed on it apply.
+Saved in diffusers ``save_pretrained`` layout: ``unet|transformer/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/`` and ``model_index.json``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import LATENT_CHANNELS, LATENT_FACTOR, denoise, from_latent
+from .tokenizer import WordTokenizer
+
+
+@dataclass
+class MiniPipelineOutput:
+    images: object
+
+
+class MiniPipeline:
+    """Text → 64×64 image pipeline over a fixed pixel-unshuffle latent (see :mod:`aconvlib.mini.models`)."""
+
+    def __init__(self, denoiser, text_encoder, tokenizer: WordTokenizer, scheduler):
+        self.family = "dit" if type(denoiser).__name__ == "PixArtTransformer2DModel" else "unet"
+        self.denoiser_name = "transformer" if self.family == "dit" else "unet"
+        setattr(self, self.denoiser_name, denoiser)
+        self.text_encoder, self.tokenizer, self.scheduler = text_encoder, tokenizer, scheduler
+        self.vae_scale_factor = LATENT_FACTOR
+
+    # -- diffusers-like plumbing ---------------------------------------------------------------------
+    @property
+    def denoiser(self):
+        return getattr(self, self.denoiser_name)
+
+    @property
+    def components(self) -> dict:
+        return {self.denoiser_name: self.denoiser, "text_encoder": self.text_encoder,
+                "tokenizer": self.tokenizer, "scheduler": self.scheduler}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def to(self, device=None, dtype=None) -> "MiniPipeline":
+        for m in (self.denoiser, self.text_encoder):
+            m.to(device=device, dtype=dtype)
+        return self
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        self._progress = kwargs
+
+    def save_pretrained(self, path, dtype: torch.dtype = torch.float16) -> None:
+        """Write the diffusers folder layout (weights as ``dtype`` safetensors)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for name, m in ((self.denoiser_name, self.denoiser), ("text_encoder", self.text_encoder)):
+            orig = next(m.parameters()).dtype
+            m.to(dtype).save_pretrained(path / name, safe_serialization=True)
+            m.to(orig)
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        self.scheduler.save_pretrained(path / "scheduler")
+        index = {"_class_name": "MiniPipeline", "_module": "aconvlib.mini.pipeline",
+                 self.denoiser_name: ["diffusers", type(self.denoiser).__name__],
+                 "text_encoder": ["transformers", "CLIPTextModel"],
+                 "tokenizer": ["aconvlib.mini.tokenizer", "WordTokenizer"],
+                 "scheduler": ["diffusers", type(self.scheduler).__name__]}
+        (path / "model_index.json").write_text(json.dumps(index, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype: torch.dtype = torch.float32) -> "MiniPipeline":
+        """Load a saved pipeline (offline; no hub access)."""
+        from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        path = Path(path)
+        if (path / "transformer").is_dir():
+            den = PixArtTransformer2DModel.from_pretrained(path / "transformer", torch_dtype=dtype)
+        else:
+            den = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
+        te = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dtype)
+        sched = DPMSolverMultistepScheduler.from_pretrained(path / "scheduler")
+        return cls(den.eval(), te.eval(), WordTokenizer.from_pretrained(path / "tokenizer"), sched).to(device)
+
+    # -- sampling ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """(B, L, D) text states of the last text-encoder layer."""
+        tok = self.tokenizer(prompts, return_tensors="pt")
+        ids = tok["input_ids"].to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def __call__(self, prompt, num_inference_steps: int = 20, guidance_scale: float = 4.0, generator=None,
+                 height: int = 64, width: int = 64, negative_prompt=None, num_images_per_prompt: int = 1,
+                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        mult = LATENT_FACTOR * (self.denoiser.config.patch_size if self.family == "dit" else 1)
+        if height % mult or width % mult:
+            raise ValueError(f"height and width must be multiples of {mult} for this model, got {height}x{width}")
+        B, dev, dt = len(prompts), self.device, self.dtype
+        cfg = guidance_scale > 1.0
+        cond = self.encode_prompt(prompts)
+        if cfg:
+            neg = negative_prompt if negative_prompt is not None else ""
+            neg = [neg] * B if isinstance(neg, str) else [n for n in neg for _ in range(num_images_per_prompt)]
+            text = torch.cat([self.encode_prompt(neg), cond])
+        else:
+            text = cond
+        shape = (B, LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu",
+                                  dtype=torch.float32)
+        x = latents.to(dev, torch.float32) * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=dev)
+        for t in self.scheduler.timesteps:
+            inp = torch.cat([x, x]) if cfg else x
+            inp = self.scheduler.scale_model_input(inp, t)
+            tt = t.expand(inp.shape[0]) if self.family == "dit" else t
+            out = denoise(self.denoiser, inp.to(dt), tt, text.to(dt)).float()
+            if cfg:
+                u, c = out.chunk(2)
+                out = u + guidance_scale * (c - u)
+            x = self.scheduler.step(out, t, x, return_dict=False)[0]
+        img = (from_latent(x) / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            images = img.cpu()
+        else:
+            arr = img.permute(0, 2, 3, 1).cpu().numpy()
+            if output_type == "np":
+                images = arr
+            else:
+                from PIL import Image
+
+                images = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+        return MiniPipelineOutput(images) if return_dict else (images,)
