@@ -11,6 +11,8 @@ import sys
 COMMAND_MODULES = [
     "aconvlib.models.cli",
     "aconvlib.book",
+    "aconvlib.mini.cli",
+    "aconvlib.distill",
 ]
 
 

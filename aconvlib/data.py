@@ -12,7 +12,9 @@ a one-pixel smooth edge for anti-aliasing), so a batch renders in milliseconds o
 
 Held-out compositions: for every (shape, colour) pair one position is reserved
 (:data:`HELDOUT_COMBOS`, 24 of the 216 (shape, colour, position) triples). Training images never
-contain a reserved triple; every held-out image contains at least one.
+contain a reserved triple; every held-out image contains at least one. Splits: ``train`` and ``val``
+(no reserved triple; different streams), ``heldout`` (at least one reserved triple), ``all`` (no
+restriction; used to train the attribute classifier, which is a measuring instrument).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ RGB = torch.tensor([
     [0.90, 0.18, 0.88],  # magenta
     [0.12, 0.88, 0.92],  # cyan
 ])
-SPLITS = {"train": 0, "heldout": 1, "val": 2}
+SPLITS = {"train": 0, "heldout": 1, "val": 2, "all": 3}
 MAX_OBJECTS = 2
 #: (shape, colour, position) triples never seen in training: one position per (shape, colour).
 HELDOUT_COMBOS = frozenset((s, c, (2 * s + 5 * c + 1) % 9) for s in range(len(SHAPES)) for c in range(len(COLORS)))
@@ -100,7 +102,7 @@ def sample_objects(rng: np.random.Generator, split: str = "train") -> list[Scene
                 continue
             objs[k] = SceneObject(s, c, objs[k].size, p)
             return objs
-        if not any((o.shape, o.color, o.position) in HELDOUT_COMBOS for o in objs):
+        if split == "all" or not any((o.shape, o.color, o.position) in HELDOUT_COMBOS for o in objs):
             return objs
 
 

@@ -122,3 +122,129 @@ def plot_flops_vs_resolution(df, ax=None, value: str = "total_GFLOPs"):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# ΔConvBlock FLOPs and parameters, and the per-layer comparison with self-attention
+# ----------------------------------------------------------------------------------------------
+def attention_flops_2mac(tokens: int, channels: int) -> int:
+    """Self-attention FLOPs counting 2 per multiply-add everywhere: 8·N·C'^2 + 4·N^2·C' + 4·N^2.
+
+    The paper's formula (:func:`attention_flops`) counts the four projections at one FLOP per
+    multiply-add; this variant uses the same convention as :func:`deltaconv_flops`.
+    """
+    n, c = int(tokens), int(channels)
+    return 8 * n * c * c + 4 * n * n * c + 4 * n * n
+
+
+def _stage_grid(grid, scale):
+    from .blocks import stage_grid
+
+    return stage_grid(grid, scale)
+
+
+def deltaconv_flops(grid: tuple[int, int], channels: int, kernel_size: int | list[int] = 9, ratio: float = 0.5,
+                    scales=(1.0, 0.5), gate: str = "scaled") -> int:
+    """FLOPs of one ΔConvBlock on a ``grid`` = (H, W) of C = ``channels`` (2 per multiply-add, 1 per other op).
+
+    In-proj 2·N·C·Ci (+bias), per stage at n = ⌊H·s⌋·⌊W·s⌋ cells: pooling N·Ci, depthwise 2·n·K²·Ci,
+    gate 1 (sigmoid: 4) per output element, bilinear 8·N·Ci/2; out-proj 2·N·(S·Ci/2)·C; pool branch
+    N·C + 2·C² + N·C. Ci = C·r.
+    """
+    h, w = grid
+    n, c = h * w, int(channels)
+    ci = int(c * ratio)
+    ks = [kernel_size] * len(scales) if isinstance(kernel_size, int) else list(kernel_size)
+    f = 2 * n * c * ci + n * ci
+    for k, s in zip(ks, scales):
+        sh, sw = _stage_grid((h, w), s)
+        m = sh * sw
+        if (sh, sw) != (h, w):
+            f += n * ci + 8 * n * (ci // 2)
+        f += 2 * m * k * k * ci + (1 if gate == "scaled" else 4) * m * (ci // 2)
+    f += 2 * n * (len(scales) * ci // 2) * c + n * c
+    f += n * c + 2 * c * c + c + n * c
+    return int(f)
+
+
+def deltaconv_params(channels: int, kernel_size: int | list[int] = 9, ratio: float = 0.5, scales=(1.0, 0.5),
+                     bias: bool = True) -> int:
+    """Parameters of one ΔConvBlock (in-proj, depthwise filters, out-proj, pool-branch projection)."""
+    c = int(channels)
+    ci = int(c * ratio)
+    ks = [kernel_size] * len(scales) if isinstance(kernel_size, int) else list(kernel_size)
+    b = 1 if bias else 0
+    return c * ci + b * ci + sum(k * k * ci for k in ks) + (len(scales) * ci // 2) * c + b * c + c * c + b * c
+
+
+@dataclass(frozen=True)
+class ConversionRow:
+    """One self-attention layer vs its ΔConvBlock: parameters and FLOPs (per sample) at one latent size."""
+
+    name: str
+    level: int
+    grid: tuple[int, int]
+    channels: int
+    kernel_size: int
+    attn_params: int
+    deltaconv_params: int
+    attn_flops: int
+    attn_flops_2mac: int
+    deltaconv_flops: int
+
+
+def deltaconv_table(denoiser: torch.nn.Module, latent_hw: tuple[int, int] | None = None, kernel_sizes="paper",
+                    ratio: float = 0.5, scales=(1.0, 0.5), gate: str = "scaled") -> list[ConversionRow]:
+    """Per layer: self-attention vs ΔConvBlock parameters and FLOPs.
+
+    ``denoiser`` is either a stock denoiser (the ΔConv side is computed for ``kernel_sizes`` etc.,
+    nothing is converted) or one converted with :func:`aconvlib.convert.to_deltaconv` (its blocks are
+    read). ``latent_hw`` defaults to the config's sample size. Attention FLOPs by the paper's formula
+    (``attn_flops``) and at 2 FLOPs per multiply-add (``attn_flops_2mac``, the ΔConv convention).
+    """
+    from .convert import deltaconv_layers, get_denoiser, resolve_kernel_sizes
+    from .models.layers import unet_level_grids
+
+    den = get_denoiser(denoiser)
+    cfg = den.config
+    if latent_hw is None:
+        s = cfg.sample_size
+        latent_hw = (s, s) if isinstance(s, int) else tuple(s)
+    converted = deltaconv_layers(den)
+    rows = []
+    if converted:
+        dit = type(den).__name__ == "PixArtTransformer2DModel"
+        grids = None if dit else unet_level_grids(latent_hw, len(cfg.block_out_channels))
+        for name, m in converted:
+            b = m.block
+            grid = (latent_hw[0] // cfg.patch_size, latent_hw[1] // cfg.patch_size) if dit else grids[m.level]
+            n = grid[0] * grid[1]
+            rows.append(ConversionRow(
+                name, m.level, grid, b.dim, b.kernel_size, m.attn_params, sum(p.numel() for p in b.parameters()),
+                attention_flops(n, b.dim), attention_flops_2mac(n, b.dim),
+                deltaconv_flops(grid, b.dim, b.kernel_sizes, b.ratio, b.scales, b.gate)))
+        return rows
+    layers = self_attention_layers(den, latent_hw)
+    ks = resolve_kernel_sizes(den, kernel_sizes, layers)
+    for l in layers:
+        k = ks[l.name]
+        rows.append(ConversionRow(
+            l.name, l.level, l.grid, l.channels, k, sum(p.numel() for p in l.module.parameters()),
+            deltaconv_params(l.channels, k, ratio, scales), attention_flops(l.tokens, l.channels),
+            attention_flops_2mac(l.tokens, l.channels), deltaconv_flops(l.grid, l.channels, k, ratio, scales, gate)))
+    return rows
+
+
+def deltaconv_table_frame(rows: list[ConversionRow]):
+    """The rows as a pandas DataFrame (parameters in M, FLOPs in GFLOPs) with a TOTAL row."""
+    import pandas as pd
+
+    df = pd.DataFrame([{
+        "layer": r.name, "level": r.level, "grid": f"{r.grid[0]}×{r.grid[1]}", "C": r.channels, "K": r.kernel_size,
+        "attn params (M)": r.attn_params / 1e6, "ΔConv params (M)": r.deltaconv_params / 1e6,
+        "attn GFLOPs (paper formula)": r.attn_flops / 1e9, "attn GFLOPs (2/MAC)": r.attn_flops_2mac / 1e9,
+        "ΔConv GFLOPs": r.deltaconv_flops / 1e9} for r in rows])
+    total = df.select_dtypes("number").sum()
+    total[["level", "C", "K"]] = float("nan")
+    df.loc[len(df)] = {"layer": "TOTAL", "grid": "", **total.to_dict()}
+    return df

@@ -45,7 +45,7 @@ import torch
 
 __all__ = ["ContextDecomposition", "Sink", "asm_curve", "asm_gradient", "attention_sink",
            "butterworth_highpass", "decompose", "detect_artifacts", "erf", "highpass", "highpass_asm_curve",
-           "odd_kernel_sizes"]
+           "odd_kernel_sizes", "uniform_asm"]
 
 DEFAULT_CHUNK = 512
 
@@ -54,6 +54,21 @@ def odd_kernel_sizes(grid: tuple[int, int], max_k: Optional[int] = None) -> list
     """Odd K from 1 to ``2·max(H', W') − 1`` (the window that covers the grid from any query)."""
     top = 2 * max(grid) - 1 if max_k is None else max_k
     return list(range(1, top + 1, 2))
+
+
+def uniform_asm(grid: tuple[int, int], kernel_sizes: Sequence[int]):
+    """ASM(K) of the uniform map ``A = 1/N`` (no locality): the mean clipped-window area over N, exactly.
+
+    Per axis the mean clipped window length over positions ``i`` is ``mean_i(min(i+r, n−1) − max(i−r, 0) + 1)``;
+    the 2-D window area factorizes, so ASM(K) = mean_len_rows · mean_len_cols / N. [nK] float64 tensor.
+    """
+    h, w = grid
+
+    def mean_len(n, r):
+        i = torch.arange(n, dtype=torch.float64)
+        return ((i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1).mean()
+
+    return torch.stack([mean_len(h, (k - 1) // 2) * mean_len(w, (k - 1) // 2) / (h * w) for k in kernel_sizes])
 
 
 def _check(A: torch.Tensor, grid: tuple[int, int]) -> int:

@@ -198,3 +198,9 @@ def test_large_map_is_chunked_without_copies():
     assert torch.allclose(c1, c2, atol=1e-12) and c1[-1].item() == pytest.approx(1.0, abs=1e-6)
     hp = L.highpass_asm_curve(A, grid, ks, 0.1)
     assert 0 < hp[0] < hp[1] < hp[2] <= hp[3] + 1e-12
+
+
+def test_uniform_asm_closed_form_matches_measured():
+    for grid in [(5, 5), (4, 7)]:
+        ks = L.odd_kernel_sizes(grid)
+        assert torch.allclose(L.uniform_asm(grid, ks), L.asm_curve(uniform(grid), grid, ks), atol=1e-12)

@@ -10,6 +10,7 @@ Saved in diffusers ``save_pretrained`` layout: ``unet|transformer/``, ``text_enc
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,7 @@ class MiniPipeline:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         for name, m in ((self.denoiser_name, self.denoiser), ("text_encoder", self.text_encoder)):
-            orig = next(m.parameters()).dtype
-            m.to(dtype).save_pretrained(path / name, safe_serialization=True)
-            m.to(orig)
+            copy.deepcopy(m).to(dtype).save_pretrained(path / name, safe_serialization=True)
         self.tokenizer.save_pretrained(path / "tokenizer")
         self.scheduler.save_pretrained(path / "scheduler")
         index = {"_class_name": "MiniPipeline", "_module": "aconvlib.mini.pipeline",

@@ -1,0 +1,177 @@
+"""Evaluator of the mini domain: an attribute classifier, prompt adherence and a Fréchet distance.
+
+The classifier reads a 64×64 image and predicts, for each of the 9 grid cells, the shape
+(empty / circle / square / triangle / ring), colour and size of the object there. It is trained on
+the ``all`` split (every composition: it is a measuring instrument, not a generalisation test) and
+evaluated on unseen ``heldout`` images.
+
+- Prompt adherence (the CLIP-score analogue): fraction of generated images whose classified scene
+  (all 9 cells: empty or shape, plus colour and size of occupied cells) equals the prompt's.
+- FDD analogue: Fréchet distance between Gaussians fitted to the classifier's 256-d penultimate
+  features of generated images and of real held-out images.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from aconvlib import data
+
+CELLS = 9
+N_SHAPE, N_COLOR, N_SIZE = len(data.SHAPES) + 1, len(data.COLORS), len(data.SIZES)
+CLASSIFIER_DIR = Path(__file__).resolve().parents[2] / "data" / "models" / "classifier"
+
+
+def _block(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
+
+
+class AttributeClassifier(nn.Module):
+    """CNN: (B,3,64,64) images in [-1,1] → per-cell logits; ``features`` gives the (B,256) penultimate."""
+
+    def __init__(self, width: int = 32, feat_dim: int = 256):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(_block(3, w), _block(w, w), _block(w, 2 * w, 2), _block(2 * w, 2 * w),
+                                  _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w), _block(4 * w, 4 * w, 2))
+        self.pool = nn.AdaptiveAvgPool2d(3)  # one cell of the 3x3 scene grid per output
+        self.fc = nn.Linear(4 * w * CELLS, feat_dim)
+        self.head = nn.Linear(feat_dim, CELLS * (N_SHAPE + N_COLOR + N_SIZE))
+        self.config = {"width": width, "feat_dim": feat_dim}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) → (B,feat_dim) penultimate features (resized to 64×64 first if needed)."""
+        if x.shape[-2:] != (64, 64):
+            x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+        return F.silu(self.fc(self.pool(self.body(x)).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits ``shape`` (B,9,5), ``color`` (B,9,6), ``size`` (B,9,2)."""
+        z = self.head(self.features(x)).view(-1, CELLS, N_SHAPE + N_COLOR + N_SIZE)
+        return {"shape": z[..., :N_SHAPE], "color": z[..., N_SHAPE:N_SHAPE + N_COLOR],
+                "size": z[..., N_SHAPE + N_COLOR:]}
+
+    def loss(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        out = self(x)
+        return sum(F.cross_entropy(out[k].flatten(0, 1).float(), batch[k].flatten(), ignore_index=-100)
+                   for k in ("shape", "color", "size"))
+
+    def save(self, path=CLASSIFIER_DIR) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().half().contiguous() for k, v in self.state_dict().items()},
+                  str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps(self.config, indent=1))
+
+    @classmethod
+    def load(cls, path=CLASSIFIER_DIR, device="cpu") -> "AttributeClassifier":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        m = cls(**json.loads((path / "config.json").read_text()))
+        m.load_state_dict({k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()})
+        return m.to(device).eval()
+
+
+@torch.no_grad()
+def predict(clf: AttributeClassifier, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Per-cell predictions (B,9) of ``shape`` (0 = empty), ``color``, ``size`` and ``features`` (B,256)."""
+    dev = next(clf.parameters()).device
+    outs = {"shape": [], "color": [], "size": [], "features": []}
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(dev, torch.float32)
+        f = clf.features(x)
+        z = clf.head(f).view(-1, CELLS, N_SHAPE + N_COLOR + N_SIZE)
+        outs["shape"].append(z[..., :N_SHAPE].argmax(-1).cpu())
+        outs["color"].append(z[..., N_SHAPE:N_SHAPE + N_COLOR].argmax(-1).cpu())
+        outs["size"].append(z[..., N_SHAPE + N_COLOR:].argmax(-1).cpu())
+        outs["features"].append(f.cpu())
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def scene_match(pred: dict, lab: dict) -> torch.Tensor:
+    """(B,) bool: every cell's shape (incl. empty) and every occupied cell's colour and size match."""
+    occ = lab["shape"] > 0
+    ok = (pred["shape"] == lab["shape"]).all(1)
+    ok &= ((pred["color"] == lab["color"]) | ~occ).all(1)
+    ok &= ((pred["size"] == lab["size"]) | ~occ).all(1)
+    return ok
+
+
+def attribute_accuracy(pred: dict, lab: dict) -> dict[str, float]:
+    """Per-attribute accuracy over objects (shape, colour, size at the object's cell), empty-cell
+    accuracy (position: no object predicted where there is none) and whole-scene accuracy."""
+    occ = lab["shape"] > 0
+    return {
+        "shape": (pred["shape"] == lab["shape"])[occ].float().mean().item(),
+        "color": (pred["color"] == lab["color"])[occ].float().mean().item(),
+        "size": (pred["size"] == lab["size"])[occ].float().mean().item(),
+        "position": (pred["shape"] == lab["shape"]).all(1).float().mean().item(),
+        "scene": scene_match(pred, lab).float().mean().item(),
+    }
+
+
+def classifier_accuracy(clf: AttributeClassifier | None = None, n: int = 2000, split: str = "heldout",
+                        seed: int = 4321, device="cpu") -> dict[str, float]:
+    """Accuracy of the classifier on ``n`` real images of ``split`` (unseen in its training)."""
+    clf = clf or AttributeClassifier.load(device=device)
+    b = data.make_batch(range(n), seed, split, device=device)
+    pred = predict(clf, b["pixel_values"])
+    return attribute_accuracy(pred, {k: b[k].cpu() for k in ("shape", "color", "size")})
+
+
+def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N,D)."""
+    from scipy import linalg
+
+    a, b = f1.double().numpy(), f2.double().numpy()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+@torch.no_grad()
+def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int = 20,
+                   guidance_scale: float = 4.0, seed: int = 0, batch_size: int = 64, classifier=None,
+                   n_real: int = 1000, return_images: bool = False) -> dict:
+    """Generate one image per prompt and score it with the attribute classifier.
+
+    Args:
+        pipe: a :class:`~aconvlib.mini.pipeline.MiniPipeline` (or any pipeline with that convention).
+        prompts: captions of the mini grammar, or an int n for the first n held-out prompts.
+
+    Returns:
+        dict with ``n_prompts``, ``prompt_adherence``, per-attribute agreement (``shape``, ``color``,
+        ``size``, ``position``) and ``fdd`` (Fréchet distance to ``n_real`` real held-out images);
+        plus ``images`` (N,3,64,64) in [0,1] when ``return_images``.
+    """
+    if isinstance(prompts, int):
+        prompts = data.prompts(prompts, "heldout")
+    clf = classifier or AttributeClassifier.load()
+    dev = pipe.device if hasattr(pipe, "device") else "cpu"
+    imgs = []
+    for i in range(0, len(prompts), batch_size):
+        g = torch.Generator("cpu").manual_seed(seed + i)
+        imgs.append(pipe(prompts[i:i + batch_size], num_inference_steps=num_inference_steps,
+                         guidance_scale=guidance_scale, generator=g, output_type="pt").images.cpu().float())
+    imgs = torch.cat(imgs)
+    pred = predict(clf, imgs * 2 - 1)
+    lab = data.labels([data.parse_caption(p) for p in prompts])
+    acc = attribute_accuracy(pred, lab)
+    real = data.make_batch(range(n_real), 999, "heldout")["pixel_values"]
+    fdd = frechet_distance(pred["features"], predict(clf, real)["features"])
+    res = {"n_prompts": len(prompts), "prompt_adherence": acc.pop("scene"), **acc, "fdd": fdd,
+           "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": type(pipe.scheduler).__name__}
+    if return_images:
+        res["images"] = imgs
+    del dev
+    return res

@@ -1,0 +1,269 @@
+"""Training of the embedded models (``aconv train --model mini-sd|mini-dit|classifier``).
+
+Denoisers and their text encoders are trained jointly with v-prediction on a cosine DDPM schedule
+(the one their shipped scheduler configs use), captions dropped to ``""`` 10% of the time for
+classifier-free guidance; AdamW, linear warmup then cosine decay to 10%, EMA of the weights (the EMA
+is what ships), bf16 autocast on CUDA. The batch of step ``s`` is dataset indices
+``s*B .. s*B+B-1`` and all other randomness comes from one saved generator, so a run resumed from its
+checkpoint continues exactly where it stopped. Checkpoints (``ckpt.pt``: weights, EMA, optimizer,
+step, generator state) are written atomically; losses go to ``train_log.jsonl``; sample grids to
+``samples_<step>.png``; the final EMA pipeline to ``<out>/pipeline`` (or ``<out>/classifier``).
+
+``max_minutes`` bounds the wall-clock time: after 50 steps the run measures its speed, fits the
+schedule's total steps into the budget (recorded in the checkpoint) and stops there, saving itself.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aconvlib import data
+
+FAMILY = {"mini-sd": "unet", "mini-dit": "dit"}
+SAMPLE_PROMPTS = [
+    "a large red circle at the center", "a small blue square at the top left",
+    "a large green triangle at the bottom right", "a small yellow ring at the top",
+    "a large magenta square at the left and a small cyan circle at the right",
+    "a small red triangle at the top right and a large blue ring at the bottom left",
+    "a large yellow circle at the bottom and a small green square at the top",
+    "a large cyan ring at the center",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run (saved in the checkpoint and ``config.json``)."""
+
+    model: str = "mini-sd"
+    steps: int = 4000
+    batch: int = 64
+    lr: float = 5e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    seed: int = 0
+    ckpt_every: int = 500
+    sample_every: int = 1000
+    log_every: int = 10
+    max_minutes: float | None = None
+    total_steps: int | None = field(default=None)  # schedule length; fixed at start or fitted to the budget
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0.1 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One training run in ``out``; ``run()`` trains (resuming when asked) and exports the result."""
+
+    def __init__(self, cfg: TrainConfig, out, device="cpu", resume: bool = False, quiet: bool = False):
+        self.cfg, self.out, self.device, self.quiet = cfg, Path(out), torch.device(device), quiet
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.seed)
+        self.build()
+        self.params = [p for m in self.modules.values() for p in m.parameters()]
+        self.ema = [p.detach().clone().float() for p in self.params]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.step = 0
+        if cfg.total_steps is None and cfg.max_minutes is None:
+            cfg.total_steps = cfg.steps
+        if resume and (self.out / "ckpt.pt").exists():
+            self.load(self.out / "ckpt.pt")
+
+    # -- model-specific ------------------------------------------------------------------------------
+    def build(self) -> None:
+        from .models import build_denoiser, build_text_encoder, make_scheduler
+        from .tokenizer import WordTokenizer
+
+        if self.cfg.model == "classifier":
+            from .evaluate import AttributeClassifier
+
+            self.modules = {"classifier": AttributeClassifier().to(self.device)}
+            return
+        self.tokenizer = WordTokenizer.for_grammar()
+        self.modules = {FAMILY[self.cfg.model]: build_denoiser(FAMILY[self.cfg.model]).to(self.device),
+                        "text_encoder": build_text_encoder(len(self.tokenizer)).to(self.device)}
+        self.noise_scheduler = make_scheduler("ddpm")
+        self.alphas = self.noise_scheduler.alphas_cumprod.to(self.device)
+
+    def loss(self, step: int) -> torch.Tensor:
+        cfg, dev = self.cfg, self.device
+        idx = range(step * cfg.batch, (step + 1) * cfg.batch)
+        if cfg.model == "classifier":
+            b = data.make_batch(idx, cfg.seed, "all", device=dev)
+            x = b["pixel_values"]
+            x = x + 0.03 * torch.randn(x.shape, generator=self.gen, device=dev)  # robustness to sampler noise
+            return self.modules["classifier"].loss(x, b)
+        from .models import denoise, to_latent
+
+        b = data.make_batch(idx, cfg.seed, "train", device=dev)
+        x0 = to_latent(b["pixel_values"])
+        B = x0.shape[0]
+        drop = torch.rand(B, generator=self.gen, device=dev) < cfg.caption_dropout
+        caps = ["" if d else c for c, d in zip(b["captions"], drop.tolist())]
+        ids = self.tokenizer(caps)["input_ids"].to(dev)
+        t = torch.randint(0, len(self.alphas), (B,), generator=self.gen, device=dev)
+        noise = torch.randn(x0.shape, generator=self.gen, device=dev)
+        a = self.alphas[t].view(B, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v-prediction
+        states = self.modules["text_encoder"](ids)[0]
+        pred = denoise(self.modules[FAMILY[cfg.model]], xt, t, states)
+        return F.mse_loss(pred.float(), target)
+
+    def ema_modules(self) -> dict:
+        """Copies of the modules holding the EMA weights (eval mode)."""
+        mods = {k: copy.deepcopy(m) for k, m in self.modules.items()}
+        ps = [p for m in mods.values() for p in m.parameters()]
+        with torch.no_grad():
+            for p, e in zip(ps, self.ema):
+                p.copy_(e)
+        return {k: m.eval() for k, m in mods.items()}
+
+    def pipeline(self):
+        from .models import make_scheduler
+        from .pipeline import MiniPipeline
+
+        m = self.ema_modules()
+        return MiniPipeline(m[FAMILY[self.cfg.model]], m["text_encoder"], self.tokenizer, make_scheduler("dpm"))
+
+    def sample(self) -> None:
+        if self.cfg.model == "classifier":
+            return
+        pipe = self.pipeline()
+        g = torch.Generator("cpu").manual_seed(0)
+        imgs = pipe(SAMPLE_PROMPTS * 2, num_inference_steps=20, generator=g, output_type="pt").images
+        data.image_grid(imgs, nrow=8).save(self.out / f"samples_{self.step:06d}.png")
+
+    def export(self) -> Path:
+        """Write the EMA result: a diffusers-layout pipeline (fp16) or the classifier."""
+        if self.cfg.model == "classifier":
+            clf = self.ema_modules()["classifier"].cpu()
+            clf.save(self.out / "classifier")
+            from .evaluate import classifier_accuracy
+
+            acc = classifier_accuracy(clf, n=2000)
+            (self.out / "classifier" / "accuracy.json").write_text(json.dumps(acc, indent=1))
+            self.log({"step": self.step, "heldout_accuracy": acc})
+            return self.out / "classifier"
+        pipe = self.pipeline()
+        pipe.save_pretrained(self.out / "pipeline")
+        return self.out / "pipeline"
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"config": asdict(self.cfg), "step": self.step,
+                "modules": {k: m.state_dict() for k, m in self.modules.items()},
+                "ema": self.ema, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state()}
+
+    def load(self, path: Path) -> None:
+        s = torch.load(path, map_location=self.device, weights_only=False)
+        for k, m in self.modules.items():
+            m.load_state_dict(s["modules"][k])
+        with torch.no_grad():
+            for e, v in zip(self.ema, s["ema"]):
+                e.copy_(v)
+        self.opt.load_state_dict(s["optimizer"])
+        self.gen.set_state(s["generator"].cpu() if self.device.type == "cpu" else s["generator"].cpu())
+        self.step = s["step"]
+        self.cfg.total_steps = s["config"]["total_steps"]
+
+    def save(self) -> None:
+        atomic_save(self.state(), self.out / "ckpt.pt")
+
+    def log(self, rec: dict) -> None:
+        with open(self.out / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train until the schedule ends (or ``stop_at`` steps, or the time budget); export; return a summary."""
+        from tqdm.auto import tqdm
+
+        cfg, dev = self.cfg, self.device
+        (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        t0 = time.time()
+        deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else None
+        end = cfg.total_steps or cfg.steps
+        bar = tqdm(total=end, initial=self.step, desc=cfg.model, disable=self.quiet, mininterval=5)
+        acc, n_acc, t_mark, s_mark = 0.0, 0, time.time(), self.step
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast(
+            "cpu", enabled=False)
+        for m in self.modules.values():
+            m.train()
+        while self.step < end and (stop_at is None or self.step < stop_at):
+            total = cfg.total_steps or cfg.steps
+            for g in self.opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, total)
+            with autocast:
+                loss = self.loss(self.step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.step += 1
+            d = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params], 1 - d)
+            acc, n_acc = acc + loss.detach().float(), n_acc + 1
+            if self.step % cfg.log_every == 0:
+                now = time.time()
+                self.log({"step": self.step, "loss": float(acc) / n_acc, "lr": self.opt.param_groups[0]["lr"],
+                          "s_per_step": (now - t_mark) / max(1, self.step - s_mark)})
+                t_mark, s_mark, acc, n_acc = now, self.step, 0.0, 0
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.update(1)
+            if deadline and cfg.total_steps is None and self.step == 50:
+                rate = (time.time() - t0) / 50
+                cfg.total_steps = min(cfg.steps, int(50 + 0.97 * (deadline - time.time()) / rate))
+                end = cfg.total_steps
+                bar.total = end
+                (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+            if self.step % cfg.ckpt_every == 0:
+                self.save()
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self.sample()
+            if deadline and time.time() > deadline:
+                break
+        bar.close()
+        elapsed = time.time() - t0
+        if cfg.total_steps is None:
+            cfg.total_steps = self.step
+        self.save()
+        done = self.step >= (cfg.total_steps or cfg.steps)
+        summary = {"model": cfg.model, "step": self.step, "finished": done, "seconds": elapsed}
+        if done or deadline:
+            self.sample()
+            summary["export"] = str(self.export())
+        self.log({"summary": summary})
+        return summary
+
+
+def train(model: str = "mini-sd", out="runs/mini-sd", device="cpu", resume: bool = False, **kw) -> dict:
+    """Train ``model`` (``mini-sd``, ``mini-dit`` or ``classifier``) into ``out``; see :class:`TrainConfig`."""
+    if model not in (*FAMILY, "classifier"):
+        raise ValueError(f"unknown model {model!r}: choose mini-sd, mini-dit or classifier")
+    return Trainer(TrainConfig(model=model, **kw), out, device, resume).run()

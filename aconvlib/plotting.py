@@ -1,0 +1,156 @@
+"""Figures of the locality chapters (matplotlib / seaborn), reused by chapters 02–05.
+
+Inputs are :class:`aconvlib.studies.CaptureStudy` objects and the per-layer DataFrames of
+:func:`aconvlib.studies.analyze_study`. Every function returns the matplotlib ``Figure``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+__all__ = ["level_curves", "plot_asm_curves", "plot_attention_overlays", "plot_erf", "plot_prior"]
+
+_PALETTE = "viridis"
+
+
+def _query_token(point: tuple[float, float], grid: tuple[int, int]) -> int:
+    """Token under the fractional image position ``(y, x)`` in [0, 1)."""
+    i = min(int(point[0] * grid[0]), grid[0] - 1)
+    j = min(int(point[1] * grid[1]), grid[1] - 1)
+    return i * grid[1] + j
+
+
+def plot_attention_overlays(study, layer_names: Optional[Sequence[str]] = None,
+                            query_points: Sequence[tuple[float, float]] = ((0.3, 0.3), (0.5, 0.7), (0.8, 0.2)),
+                            image_index: int = 0, alpha: float = 0.65, cmap: str = "inferno", size: float = 1.9):
+    """Each layer's attention map (rows) for several query points (columns), over the generated image.
+
+    A query point is a fractional image position (y, x); it is mapped to the token under it in each
+    layer's grid and marked with a cyan cross. The heat map is the query's row of the averaged map,
+    shown on the token grid stretched over the image and scaled to its own maximum (printed).
+    """
+    names = list(layer_names or study.names())
+    img = study.images[image_index]
+    h, w = img.shape[:2]
+    fig, axes = plt.subplots(len(names), len(query_points) + 1, figsize=(size * (len(query_points) + 1),
+                             size * len(names)), squeeze=False)
+    labels = {d["name"]: d["label"] for d in study.layers}
+    for r, name in enumerate(names):
+        grid = tuple(study.grids[name])
+        A = study.maps[name]
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_ylabel(f"{labels.get(name, name)}\n{grid[0]}×{grid[1]}", fontsize=8)
+        for c, pt in enumerate(query_points, start=1):
+            ax = axes[r, c]
+            row = A[_query_token(pt, grid)].reshape(grid).numpy()
+            ax.imshow(img, extent=(0, w, h, 0))
+            ax.imshow(row / max(row.max(), 1e-12), extent=(0, w, h, 0), cmap=cmap, alpha=alpha, vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.plot([pt[1] * w], [pt[0] * h], marker="+", color="cyan", markersize=9, mew=2)
+            ax.set_title(f"max {row.max():.2f}", fontsize=7)
+        if r == 0:
+            axes[0, 0].set_title("image", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"Self-attention maps of {study.model} ({study.weights} weights), averaged over heads and steps; "
+                 f"prompt: “{study.prompts[image_index]}”", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def level_curves(df, column: str = "asm", by: str = "level") -> list[dict]:
+    """Mean curve of ``column`` over the layers of each ``by`` group (layers of one level share K)."""
+    out = []
+    for key, g in df.groupby(by, sort=True):
+        out.append(dict(key=key, grid=g["grid"].iloc[0], ks=np.asarray(g["ks"].iloc[0]),
+                        curve=np.mean(np.stack(g[column].to_list()), axis=0), n_layers=len(g)))
+    return out
+
+
+def plot_asm_curves(frames: dict, column: str = "asm", title: str = "", uniform_reference: bool = True,
+                    mark_k: Optional[int] = None):
+    """ASM(K) and its gradient vs K, one line per (model, resolution level), mean over the level's layers.
+
+    Args:
+        frames: model label → DataFrame from :func:`~aconvlib.studies.analyze_study`.
+        column: ``"asm"`` (raw maps), ``"hp"`` (Butterworth high-pass) or ``"context_asm"`` (|R|).
+        uniform_reference: dotted line of a uniform (perfectly global) map on the same grid.
+        mark_k: draw a vertical line at this K (e.g. 11 for "within 10×10").
+    """
+    from .locality import asm_gradient, uniform_asm
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    series = [(m, c) for m, df in frames.items() for c in level_curves(df, column)]
+    colors = sns.color_palette("tab10", len(series))
+    for (model, c), col in zip(series, colors):
+        lbl = f"{model} {c['grid'][0]}×{c['grid'][1]} ({c['n_layers']} layers)"
+        a1.plot(c["ks"], c["curve"], "-o", ms=3, color=col, label=lbl)
+        a2.plot(c["ks"], asm_gradient(c["curve"], c["ks"]).numpy(), "-o", ms=3, color=col, label=lbl)
+        if uniform_reference:
+            a1.plot(c["ks"], uniform_asm(c["grid"], c["ks"]), ":", color=col, lw=1)
+    for ax, yl in ((a1, "ASM(K)"), (a2, "dASM/dK")):
+        ax.set_xlabel("kernel size K")
+        ax.set_ylabel(yl)
+        if mark_k:
+            ax.axvline(mark_k, color="grey", ls="--", lw=0.8)
+    a1.set_ylim(0, 1.02)
+    a1.legend(fontsize=7, loc="lower right")
+    if uniform_reference:
+        a1.text(0.02, 0.97, "dotted: uniform map (no locality)", transform=a1.transAxes, fontsize=7, va="top")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prior(df, title: str = "", max_layers: int = 10):
+    """The prior b of each layer as an image (top) and the prior/context mass split per layer (bottom)."""
+    rows = df.head(max_layers)
+    n = len(rows)
+    fig = plt.figure(figsize=(max(8, 1.3 * n), 4.6))
+    gs = fig.add_gridspec(2, n, height_ratios=[1, 1.4])
+    for i, (_, r) in enumerate(rows.iterrows()):
+        ax = fig.add_subplot(gs[0, i])
+        b = np.asarray(r["prior"]) * r["tokens"]   # in units of the uniform share 1/N
+        im = ax.imshow(b, cmap=_PALETTE, vmin=0, vmax=max(2.0, float(b.max())))
+        ax.set_title(f"{r['label']}\nmax {b.max():.1f}/N", fontsize=7)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=fig.axes, shrink=0.6, label="b · N")
+    ax = fig.add_subplot(gs[1, :])
+    x = np.arange(len(df))
+    ax.bar(x, df["prior_mass"], color="tab:blue", label="prior  Σ min(A_q, b)")
+    ax.bar(x, df["context_mass"], bottom=df["prior_mass"], color="tab:orange", label="context  ½‖R_q‖₁")
+    ax.set_xticks(x, df["label"], rotation=45, fontsize=7)
+    ax.set_ylabel("share of attention mass")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_erf(df, title: str = "", limit: Optional[int] = None, columns: Sequence[str] = ("erf", "erf_hp")):
+    """ERF per layer (bars for raw and high-pass maps); artifact layers hatched and starred."""
+    names = {"erf": "raw maps", "erf_hp": "high-pass maps", "erf_context": "context |R|"}
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(df) * len(columns)), 3.6))
+    x = np.arange(len(df))
+    width = 0.8 / len(columns)
+    for i, col in enumerate(columns):
+        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, df[col], width, label=names.get(col, col))
+        for bar, art in zip(bars, df["artifact"]):
+            if art:
+                bar.set_hatch("//")
+                bar.set_edgecolor("red")
+    for xi, (_, r) in zip(x, df.iterrows()):
+        if r["artifact"]:
+            ax.annotate(f"★ sink {r['sink_share']:.0%}\nat {tuple(r['sink_pos'])}", (xi, max(r[c] for c in columns)),
+                        ha="center", va="bottom", fontsize=6, color="red")
+    if limit:
+        ax.axhline(limit, color="grey", ls="--", lw=1, label=f"paper's bound K = {limit}")
+    ax.set_xticks(x, df["label"], rotation=45, fontsize=7)
+    ax.set_ylabel("ERF: smallest K with ASM ≥ 0.8")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,254 @@
+"""Shared plumbing of the locality chapters: generate with capture, cache on disk, analyze per layer.
+
+One *capture study* = one model, a list of prompts, one sampler setting: the images it generated
+and, for every self-attention layer, the [N, N] map averaged over heads, the selected sampling
+steps, the prompts and the conditional CFG branch (:mod:`aconvlib.attention`). Studies are cached
+under ``output_dir/captures/`` keyed by their parameters, so chapters 02–05 reuse one capture, and
+per-layer analyses (:mod:`aconvlib.locality`) are cached next to them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import locality as L
+from .attention import capture_self_attention
+
+__all__ = ["CaptureStudy", "analyze_study", "capture_study", "default_prompts", "layer_label", "load_study_pipeline",
+           "window_share"]
+
+# Generic prompts for the real models (the paper uses Text2Image-Multi-Prompt; any varied set works).
+REAL_PROMPTS = [
+    "a photograph of a red fox sitting in a snowy forest",
+    "a bowl of ramen on a wooden table, studio lighting",
+    "a lighthouse on a rocky coast at sunset, oil painting",
+    "portrait of an old fisherman with a grey beard",
+    "a futuristic city skyline at night with neon lights",
+    "a cat sleeping on a windowsill next to potted plants",
+    "a vintage bicycle leaning against a brick wall",
+    "an astronaut riding a horse on the moon, digital art",
+]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _dtype(d) -> torch.dtype:
+    return d if isinstance(d, torch.dtype) else _DTYPES[str(d).replace("torch.", "")]
+
+
+def default_prompts(model: str, n: int, seed: int = 1234) -> list[str]:
+    """``n`` prompts: held-out captions of the mini grammar for embedded models, else generic ones."""
+    if model.lower().startswith("mini"):
+        from .data import prompts
+
+        return prompts(n, split="heldout", seed=seed)
+    return [REAL_PROMPTS[i % len(REAL_PROMPTS)] for i in range(n)]
+
+
+def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str = "trained"):
+    """A text-to-image pipeline for ``model``; ``weights="random"`` builds an untrained mini model (tests only)."""
+    dtype = _dtype(dtype)
+    if weights == "trained":
+        from .models import load_pipeline
+
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+    elif weights == "random" and model.lower() in ("mini-sd", "mini-dit"):
+        from .mini.models import build_denoiser, build_text_encoder, make_scheduler
+        from .mini.pipeline import MiniPipeline
+        from .mini.tokenizer import WordTokenizer
+
+        torch.manual_seed(0)
+        tok = WordTokenizer.for_grammar()
+        den = build_denoiser("unet" if model.lower() == "mini-sd" else "dit").eval()
+        pipe = MiniPipeline(den, build_text_encoder(tok.vocab_size).eval(), tok, make_scheduler("dpm"))
+        pipe.to(device, dtype)
+    else:
+        raise ValueError(f"weights must be 'trained' (or 'random' for mini-sd / mini-dit), got {weights!r}")
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def layer_label(name: str) -> str:
+    """Short label of a layer path: ``down0.1``, ``mid``, ``up2.0`` (U-Net), ``block 3`` (DiT)."""
+    m = re.match(r"^(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn1$", name)
+    if m:
+        lbl = f"{m.group(1)}{m.group(2)}.{m.group(3)}"
+        return lbl if m.group(4) == "0" else f"{lbl}.{m.group(4)}"
+    m = re.match(r"^mid_block\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn1$", name)
+    if m:
+        return "mid" if m.group(2) == "0" else f"mid.{m.group(2)}"
+    m = re.match(r"^transformer_blocks\.(\d+)\.attn1$", name)
+    if m:
+        return f"block {m.group(1)}"
+    return name
+
+
+@dataclass
+class CaptureStudy:
+    """Result of :func:`capture_study`.
+
+    Attributes:
+        model, weights, family: what produced it (``weights`` is ``"trained"`` or ``"random"``).
+        prompts: the prompts; ``images``: uint8 [P, H, W, 3], one generated image per prompt.
+        layers: per self-attention layer (module order): name, label, level, grid, heads.
+        maps: name → [N, N] fp32 averaged map; ``grids``: name → (H', W').
+        params: the generation / capture parameters (the cache key); ``seconds``: generation time.
+    """
+
+    model: str
+    weights: str
+    family: str
+    prompts: list
+    images: np.ndarray
+    layers: list
+    maps: dict
+    grids: dict
+    params: dict
+    seconds: float = 0.0
+    path: Optional[str] = field(default=None, compare=False)
+
+    def names(self, level: Optional[int] = None) -> list[str]:
+        return [d["name"] for d in self.layers if level is None or d["level"] == level]
+
+    @property
+    def levels(self) -> list[int]:
+        return sorted({d["level"] for d in self.layers})
+
+    def describe(self) -> str:
+        p = self.params
+        return (f"{self.model} ({self.weights} weights, {self.family}), {len(self.prompts)} prompt(s), "
+                f"{p['height']}x{p['width']} px, {p['steps']} steps, CFG {p['guidance_scale']}, "
+                f"{len(self.maps)} self-attention layers")
+
+
+def _spec_for(model: str, weights: str):
+    from .models import ModelSpec, UnknownModelError, get_spec
+
+    try:
+        return get_spec(model)
+    except UnknownModelError:
+        if weights != "random" or model.lower() not in ("mini-sd", "mini-dit"):
+            raise
+    # untrained mini architecture before the trained weights are registered (development and tests)
+    fam = "unet" if model.lower() == "mini-sd" else "dit"
+    return ModelSpec(model.lower(), fam, None, "unet" if fam == "unet" else "transformer", 64, 2,
+                     patch_size=1 if fam == "unet" else 2, embedded=True)
+
+
+def _key(params: dict) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prompts: int = 4, steps: int = 20,
+                  guidance_scale: float = 4.0, height: Optional[int] = None, width: Optional[int] = None,
+                  seed: int = 0, device="cpu", dtype="float32", capture_steps=None, layers=None,
+                  batch_size: int = 4, memory_budget_gb: float = 8.0, output_dir=None, weights: str = "trained",
+                  cache: bool = True, pipe=None, verbose: bool = True) -> CaptureStudy:
+    """Generate one image per prompt with ``model`` while capturing every self-attention map.
+
+    Args:
+        model: registry name (``mini-sd``, ``mini-dit``, ``sd15``, ``sdxl``, ``pixart-sigma-512``, ...).
+        prompts: the prompts (default: :func:`default_prompts` with ``n_prompts``).
+        steps, guidance_scale, height, width, seed: sampler settings (height/width default to the
+            model's native size); prompt batch ``i`` uses ``torch.Generator().manual_seed(seed + i)``.
+        capture_steps: step indices to average (default: all), see :func:`capture_self_attention`.
+        layers: layer selection (default: all self-attention layers).
+        output_dir: cache folder (``<output_dir>/captures``); None disables caching.
+        pipe: an already loaded pipeline for ``model`` (skips loading).
+    """
+    spec = _spec_for(model, weights)
+    height = height or spec.default_px
+    width = width or spec.default_px
+    prompts = list(prompts) if prompts is not None else default_prompts(model, n_prompts)
+    params = dict(model=spec.name, weights=weights, prompts=prompts, steps=steps, guidance_scale=guidance_scale,
+                  height=height, width=width, seed=seed, dtype=str(_dtype(dtype)).replace("torch.", ""),
+                  capture_steps=None if capture_steps is None else list(capture_steps), layers=layers,
+                  batch_size=batch_size)
+    path = None
+    if output_dir is not None:
+        path = Path(output_dir) / "captures" / f"{spec.name}-{_key(params)}.pt"
+        if cache and path.exists():
+            study = CaptureStudy(**torch.load(path, weights_only=False))
+            study.path = str(path)
+            if verbose:
+                print(f"[studies] loaded cached capture {path}")
+            return study
+    pipe = pipe or load_study_pipeline(spec.name, device, dtype, weights)
+    images = []
+    t0 = time.time()
+    latent_hw = spec.latent_grid(height, width)
+    with capture_self_attention(pipe, layers, steps=capture_steps, memory_budget_gb=memory_budget_gb,
+                                latent_hw=latent_hw) as cap:
+        for i in range(0, len(prompts), batch_size):
+            gen = torch.Generator("cpu").manual_seed(seed + i)
+            out = pipe(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
+                       generator=gen, height=height, width=width)
+            images += [np.asarray(im.convert("RGB")) for im in out.images]
+    seconds = time.time() - t0
+    layer_info = [dict(name=lay.name, label=layer_label(lay.name), level=lay.level, grid=cap.grids[lay.name],
+                       heads=lay.heads) for lay in cap.layers]
+    study = CaptureStudy(model=spec.name, weights=weights, family=spec.family, prompts=prompts,
+                         images=np.stack(images), layers=layer_info, maps=cap.maps, grids=cap.grids,
+                         params=params, seconds=seconds)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v for k, v in study.__dict__.items() if k != "path"}, path)
+        study.path = str(path)
+    if verbose:
+        print(f"[studies] {study.describe()}: generated and captured in {seconds:.1f} s")
+    return study
+
+
+def window_share(curve, kernel_sizes, k: int) -> float:
+    """ASM at window size ``k`` (odd) read from a curve."""
+    ks = list(kernel_sizes)
+    return float(curve[ks.index(k)]) if k in ks else float("nan")
+
+
+def analyze_study(study: CaptureStudy, *, cutoff: float = 0.1, order: int = 2, norm: str = "abs",
+                  threshold: float = 0.8, artifact_threshold: float = 0.1, cache: bool = True):
+    """Every :mod:`aconvlib.locality` measure for every layer of ``study``, as a pandas DataFrame.
+
+    Columns: name, label, level, grid, ks (odd K up to the grid), asm, asm_grad, hp (high-pass ASM,
+    Butterworth ``cutoff``/``order``, normalization ``norm``), hp_grad, erf, erf_hp, prior (b as
+    [H', W']), prior_mass, context_mass, prior_tv_uniform, context_asm, erf_context, sink_share,
+    sink_pos, sink_ratio, artifact (``sink_share > artifact_threshold``). Cached next to the capture.
+    """
+    import pandas as pd
+
+    settings = dict(cutoff=cutoff, order=order, norm=norm, threshold=threshold, artifact_threshold=artifact_threshold)
+    cache_path = None
+    if study.path is not None:
+        cache_path = Path(study.path).with_suffix(f".analysis-{_key(settings)}.pt")
+        if cache and cache_path.exists():
+            return pd.DataFrame(torch.load(cache_path, weights_only=False))
+    rows = []
+    for info in study.layers:
+        name, grid = info["name"], tuple(info["grid"])
+        A = study.maps[name]
+        ks = L.odd_kernel_sizes(grid)
+        asm = L.asm_curve(A, grid, ks)
+        hp = L.highpass_asm_curve(A, grid, ks, cutoff, order, norm=norm)
+        dec = L.decompose(A, grid, ks)
+        sink = L.attention_sink(A, grid)
+        rows.append(dict(
+            name=name, label=info["label"], level=info["level"], grid=grid, tokens=grid[0] * grid[1], ks=ks,
+            asm=asm.numpy(), asm_grad=L.asm_gradient(asm, ks).numpy(), hp=hp.numpy(),
+            hp_grad=L.asm_gradient(hp, ks).numpy(), erf=float(L.erf(asm, ks, threshold)),
+            erf_hp=float(L.erf(hp, ks, threshold)), prior=dec.prior_image.numpy(), prior_mass=dec.prior_mass,
+            context_mass=dec.context_mass, prior_tv_uniform=dec.prior_tv_uniform,
+            context_asm=dec.context_asm.numpy(), erf_context=float(L.erf(dec.context_asm, ks, threshold)),
+            sink_share=sink.share, sink_pos=sink.position, sink_ratio=sink.ratio_to_uniform,
+            artifact=sink.share > artifact_threshold))
+    if cache_path is not None:
+        torch.save(rows, cache_path)
+    return pd.DataFrame(rows)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Train mini-sd, mini-dit and the attribute classifier concurrently (one GPU or CPU), evaluate, and pack
+# the results into $OUT (or ./runs/pack). Used for the shipped weights (see notebooks/01_embedded_models).
+#   DEVICE=cuda MINUTES=7.2 BATCH=256 scripts/train_mini.sh
+set -u
+DEVICE=${DEVICE:-cuda}; MINUTES=${MINUTES:-7.2}; CLF_MINUTES=${CLF_MINUTES:-3}; BATCH=${BATCH:-256}
+STEPS=${STEPS:-100000}; RUNS=${RUNS:-/tmp/runs}; OUT=${OUT:-runs/pack}; N_EVAL=${N_EVAL:-256}
+PY=${PY:-python3}
+mkdir -p "$RUNS" "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+common="--device $DEVICE --batch $BATCH --steps $STEPS --sample-every 1000 --ckpt-every 500"
+$PY -m aconvlib train --model mini-sd --out $RUNS/mini-sd --max-minutes $MINUTES --lr 6e-4 --warmup 300 $common --resume >$RUNS/mini-sd.out 2>&1 &
+$PY -m aconvlib train --model mini-dit --out $RUNS/mini-dit --max-minutes $MINUTES --lr 6e-4 --warmup 300 $common --resume >$RUNS/mini-dit.out 2>&1 &
+$PY -m aconvlib train --model classifier --out $RUNS/classifier --max-minutes $CLF_MINUTES --lr 2e-3 --warmup 100 $common --resume >$RUNS/classifier.out 2>&1 &
+wait
+tail -c 600 $RUNS/*.out
+$PY - <<PYEOF > $RUNS/eval.json 2>$RUNS/eval.err
+import json, torch
+from aconvlib.mini.pipeline import MiniPipeline
+from aconvlib.mini.evaluate import AttributeClassifier, evaluate_model
+clf = AttributeClassifier.load("$RUNS/classifier/classifier", device="$DEVICE")
+res = {}
+for m in ("mini-sd", "mini-dit"):
+    try:
+        pipe = MiniPipeline.from_pretrained("$RUNS/%s/pipeline" % m, device="$DEVICE")
+        r = evaluate_model(pipe, $N_EVAL, classifier=clf, batch_size=128)
+        res[m] = r
+    except Exception as e:
+        res[m] = repr(e)
+print(json.dumps(res, indent=1))
+PYEOF
+cat $RUNS/eval.json; tail -3 $RUNS/eval.err
+for m in mini-sd mini-dit classifier; do
+  (cd $RUNS/$m && tar cf "$OUT/$m.tar" --exclude=ckpt.pt --exclude='*.tmp' .)
+done
+cp $RUNS/eval.json $RUNS/*.out "$OUT/" 2>/dev/null
+ls -la "$OUT"

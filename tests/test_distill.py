@@ -1,0 +1,89 @@
+"""Distillation: losses, freezing, checkpoint/resume on tiny random-weight mini pipelines."""
+import json
+
+import pytest
+import torch
+
+from aconvlib.convert import get_adapter
+from aconvlib.distill import Distiller, DistillConfig, make_student, min_snr_weight, mini_batches, to_epsilon
+
+
+def _tiny_pipe():
+    from diffusers import UNet2DConditionModel
+
+    from aconvlib.mini.models import build_text_encoder, make_scheduler
+    from aconvlib.mini.pipeline import MiniPipeline
+    from aconvlib.mini.tokenizer import WordTokenizer
+
+    torch.manual_seed(0)
+    tok = WordTokenizer.for_grammar()
+    te = build_text_encoder(len(tok)).eval()
+    unet = UNet2DConditionModel(sample_size=8, in_channels=12, out_channels=12, block_out_channels=(16, 16),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                attention_head_dim=2, cross_attention_dim=te.config.hidden_size,
+                                norm_num_groups=8).eval()
+    return MiniPipeline(unet, te, tok, make_scheduler("dpm"))
+
+
+def _small_batches(pipe):
+    def batches(start):
+        for x0, text in mini_batches(pipe, 2, start_step=start):
+            yield x0[:, :, :8, :8], text
+    return batches
+
+
+def test_min_snr_weight_is_min_gamma_over_snr_and_one():
+    ab = torch.tensor([0.99, 0.5, 0.01])
+    w = min_snr_weight(ab, torch.arange(3), gamma=5.0)
+    snr = ab / (1 - ab)
+    assert torch.allclose(w, torch.minimum(5.0 / snr, torch.ones(3)))
+    assert w[2] == 1.0 and w[0] < 0.06
+
+
+def test_v_prediction_converts_to_epsilon_exactly():
+    x0, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    ab = torch.tensor([0.3, 0.8]).view(2, 1, 1, 1)
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    assert torch.allclose(to_epsilon(v, xt, ab, "v_prediction"), eps, atol=1e-5)
+    assert to_epsilon(eps, xt, ab, "epsilon") is eps
+    with pytest.raises(ValueError, match="sample"):
+        to_epsilon(v, xt, ab, "sample")
+
+
+def test_student_trains_only_deltaconv_and_teacher_is_untouched(tmp_path):
+    teacher = _tiny_pipe()
+    before = {k: v.clone() for k, v in teacher.unet.state_dict().items()}
+    student = make_student(teacher)
+    assert student.unet is not teacher.unet and student.text_encoder is teacher.text_encoder
+    trainable = {n for n, p in student.unet.named_parameters() if p.requires_grad}
+    assert trainable and all("block" in n for n in trainable)
+    adapter_before = {k: v.clone() for k, v in get_adapter(student).state_dict().items()}
+    d = Distiller(teacher, student, _small_batches(teacher), DistillConfig(steps=3, batch=2, warmup=1, log_every=1),
+                  tmp_path, quiet=True)
+    d.run()
+    assert all(torch.equal(before[k], v) for k, v in teacher.unet.state_dict().items())
+    changed = [k for k, v in get_adapter(student).state_dict().items() if not torch.equal(adapter_before[k], v)]
+    assert changed
+    log = [json.loads(l) for l in (tmp_path / "distill_log.jsonl").read_text().splitlines()]
+    assert {"loss", "out", "feat"} <= set(log[0]) and log[0]["feat"] > 0
+    assert (tmp_path / "adapter" / "config.json").exists()
+
+
+def test_resume_continues_exactly(tmp_path):
+    def run(out, steps, resume):
+        teacher = _tiny_pipe()
+        student = make_student(teacher, seed=0)
+        cfg = DistillConfig(steps=steps, batch=2, warmup=1, ckpt_every=2, log_every=1)
+        return Distiller(teacher, student, _small_batches(teacher), cfg, out, resume=resume, quiet=True), student
+
+    full, s_full = run(tmp_path / "a", 4, False)
+    full.run()
+    part, _ = run(tmp_path / "b", 2, False)
+    part.run()                                   # "killed" after 2 steps (checkpoint at step 2)
+    resumed, s_res = run(tmp_path / "b", 4, True)
+    assert resumed.step == 2
+    resumed.run()
+    a, b = get_adapter(s_full).state_dict(), get_adapter(s_res).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
