@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "aconvlib.book",
     "aconvlib.mini.cli",
     "aconvlib.distill",
+    "aconvlib.deltaconv_cli",
 ]
 
 

@@ -248,3 +248,44 @@ def deltaconv_table_frame(rows: list[ConversionRow]):
     total[["level", "C", "K"]] = float("nan")
     df.loc[len(df)] = {"layer": "TOTAL", "grid": "", **total.to_dict()}
     return df
+
+
+# The paper's Table 1 (mean GFLOPs per module at inference) and the image sizes that reproduce its
+# self-attention rows exactly with 2 FLOPs per multiply-add and batch 2 (classifier-free guidance):
+# PixArt-Σ = any of its 28 layers (C = 1152, patch grid px/16); SD1.5 = its top layer (C = 320, px/8).
+# "2K" is 2048×2048 for PixArt but 2560×1440 for SD1.5; 4K = 4096×2160, 8K = 7680×4320, 16K = 15360×8640.
+def _paper_table1() -> dict:
+    """Table 1 of the paper, keyed by model, with sizes as ``{label: (H, W)}`` (from ``data/paper/tables.yml``)."""
+    t = paper_table("table1_mean_flops_G")
+    out = {}
+    for model in ("pixart", "sd15"):
+        m = dict(t[model])
+        m["sizes"] = {label: tuple(hw) for label, hw in zip(t["labels"], m["sizes"])}
+        m["attention"] = m.pop("self_attention")
+        out[model] = m
+    return out
+
+
+PAPER_TABLE1 = _paper_table1()
+
+
+def table1_comparison(batch: int = 2, ratio: float = 0.5, scales=(1.0, 0.5)):
+    """Our per-module GFLOPs next to the paper's Table 1 (a pandas DataFrame).
+
+    Self-attention by :func:`attention_flops_2mac`, ΔConv by :func:`deltaconv_flops`, both × ``batch``,
+    on the module shapes and image sizes of :data:`PAPER_TABLE1`.
+    """
+    import pandas as pd
+
+    rows = []
+    for model, t in PAPER_TABLE1.items():
+        c, f, k = t["channels"], t["px_per_token"], t["kernel_size"]
+        for i, (label, (h, w)) in enumerate(t["sizes"].items()):
+            grid = (h // f, w // f)
+            n = grid[0] * grid[1]
+            sa, dc = batch * attention_flops_2mac(n, c) / 1e9, batch * deltaconv_flops(grid, c, k, ratio, scales) / 1e9
+            rows.append({"model": model, "size": label, "pixels": f"{w}×{h}", "grid": f"{grid[0]}×{grid[1]}",
+                         "attn ours": sa, "attn paper": t["attention"][i], "attn ours/paper": sa / t["attention"][i],
+                         "ΔConv ours": dc, "ΔConv paper": t["deltaconv"][i], "ΔConv ours/paper": dc / t["deltaconv"][i],
+                         "attn/ΔConv ours": sa / dc, "attn/ΔConv paper": t["attention"][i] / t["deltaconv"][i]})
+    return pd.DataFrame(rows)

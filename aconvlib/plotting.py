@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-__all__ = ["level_curves", "plot_asm_curves", "plot_attention_overlays", "plot_erf", "plot_prior"]
+__all__ = ["level_curves", "plot_asm_curves", "plot_attention_overlays", "plot_erf", "plot_image_rows", "plot_prior"]
 
 _PALETTE = "viridis"
 
@@ -130,27 +130,59 @@ def plot_prior(df, title: str = "", max_layers: int = 10):
     return fig
 
 
-def plot_erf(df, title: str = "", limit: Optional[int] = None, columns: Sequence[str] = ("erf", "erf_hp")):
-    """ERF per layer (bars for raw and high-pass maps); artifact layers hatched and starred."""
+def plot_erf(df, title: str = "", limit: Optional[float] = None, columns: Sequence[str] = ("erf", "erf_hp"),
+             relative: bool = False):
+    """ERF per layer (bars for raw and high-pass maps); artifact layers hatched and starred.
+
+    ``relative=True`` divides each ERF by its layer's grid side ``max(H', W')`` (grids of different
+    sizes and models become comparable); ``limit`` is then a fraction of the side too.
+    """
     names = {"erf": "raw maps", "erf_hp": "high-pass maps", "erf_context": "context |R|"}
+    side = df["grid"].map(max).to_numpy(dtype=float) if relative else np.ones(len(df))
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(df) * len(columns)), 3.6))
     x = np.arange(len(df))
     width = 0.8 / len(columns)
     for i, col in enumerate(columns):
-        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, df[col], width, label=names.get(col, col))
+        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, df[col] / side, width, label=names.get(col, col))
         for bar, art in zip(bars, df["artifact"]):
             if art:
                 bar.set_hatch("//")
                 bar.set_edgecolor("red")
-    for xi, (_, r) in zip(x, df.iterrows()):
+    for xi, (_, r), s in zip(x, df.iterrows(), side):
         if r["artifact"]:
-            ax.annotate(f"★ sink {r['sink_share']:.0%}\nat {tuple(r['sink_pos'])}", (xi, max(r[c] for c in columns)),
-                        ha="center", va="bottom", fontsize=6, color="red")
+            ax.annotate(f"★ sink {r['sink_share']:.0%}\nat {tuple(r['sink_pos'])}",
+                        (xi, max(r[c] for c in columns) / s), ha="center", va="bottom", fontsize=6, color="red")
     if limit:
-        ax.axhline(limit, color="grey", ls="--", lw=1, label=f"paper's bound K = {limit}")
-    ax.set_xticks(x, df["label"], rotation=45, fontsize=7)
-    ax.set_ylabel("ERF: smallest K with ASM ≥ 0.8")
+        ax.axhline(limit, color="grey", ls="--", lw=1, label=f"paper's bound ({limit:.2f})" if relative
+                   else f"paper's bound K = {limit}")
+    ax.set_xticks(x, [f"{lbl}\n{g[0]}×{g[1]}" for lbl, g in zip(df["label"], df["grid"])], rotation=45, fontsize=7)
+    ax.set_ylabel("ERF / grid side" if relative else "ERF: smallest K with ASM ≥ 0.8")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_image_rows(rows: dict, prompts: Sequence[str], size: float = 1.8, title: str = ""):
+    """A grid of images: one row per setting (``label → uint8 [P, H, W, 3]``), one column per prompt."""
+    labels = list(rows)
+    n = len(prompts)
+    fig, axes = plt.subplots(len(labels), n, figsize=(size * n, size * len(labels) + 0.6), squeeze=False)
+    for r, lbl in enumerate(labels):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(rows[lbl][c])
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(lbl, fontsize=8)
+            if r == 0:
+                ax.set_title("\n".join(_wrap(prompts[c], 28)), fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]

@@ -144,6 +144,17 @@ def _spec_for(model: str, weights: str):
                      patch_size=1 if fam == "unet" else 2, embedded=True)
 
 
+def _fingerprint(spec, weights: str) -> str:
+    """Identifies the weights in the cache key: size and mtime of an embedded model's files, else the hub id."""
+    if weights != "trained":
+        return weights
+    if spec.embedded:
+        folder = spec.config_path.parent
+        files = sorted(folder.glob("*")) if folder.is_dir() else []
+        return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files) or "missing"
+    return str(spec.hub_id)
+
+
 def _key(params: dict) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -172,7 +183,7 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
     params = dict(model=spec.name, weights=weights, prompts=prompts, steps=steps, guidance_scale=guidance_scale,
                   height=height, width=width, seed=seed, dtype=str(_dtype(dtype)).replace("torch.", ""),
                   capture_steps=None if capture_steps is None else list(capture_steps), layers=layers,
-                  batch_size=batch_size)
+                  batch_size=batch_size, fingerprint=_fingerprint(spec, weights))
     path = None
     if output_dir is not None:
         path = Path(output_dir) / "captures" / f"{spec.name}-{_key(params)}.pt"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -114,13 +115,15 @@ def check_triton(block, x, grid):
     """Max |triton - torch| / max |torch| of the block output and input gradient (same weights)."""
     res = {}
     outs = {}
+    gy = torch.randn_like(x)  # unit-scale output gradient (a mean-square loss would underflow in fp16)
     for be in ("torch", "triton"):
         block.backend = be
+        block.zero_grad(set_to_none=True)
         xg = x.detach().requires_grad_(True)
         y = block(xg, grid)
-        y.float().square().mean().backward()
+        y.backward(gy)
         outs[be] = (y.detach().float(), xg.grad.float(), block.stages[0].weight.grad.float().clone())
-        block.zero_grad(set_to_none=True)
+    block.zero_grad(set_to_none=True)
     block.backend = None
     for i, name in enumerate(("out", "grad_x", "grad_w0")):
         a, b = outs["triton"][i], outs["torch"][i]
@@ -149,7 +152,8 @@ def main(argv=None):
         dev_name = torch.cuda.get_device_name(device)
     else:
         dev_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    meta = {"device": dev_name, "device_type": device.type, "dtype": str(dtype).replace("torch.", ""),
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meta = {"device": dev_name, "load_avg_1min": load, "device_type": device.type, "dtype": str(dtype).replace("torch.", ""),
             "batch": args.batch, "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
         import triton
@@ -178,7 +182,7 @@ def main(argv=None):
                        "kernel_size": spec["kernel_size"], "mode": mode}
                 for impl in args.impls:
                     key = impl
-                    if impl == "triton" and device.type != "cuda":
+                    if impl == "triton" and device.type != "cuda" and not kernels.interpreter_mode():
                         row[f"{key}_ms"] = None
                         note = "Triton: skipped on CPU (kernels need CUDA; interpreter mode is for tests only)"
                         notes.append(note) if note not in notes else None
@@ -203,25 +207,33 @@ def main(argv=None):
                 for impl in ("torch", "triton"):
                     if row.get("sdpa_ms") and row.get(f"{impl}_ms"):
                         row[f"speedup_{impl}"] = row["sdpa_ms"] / row[f"{impl}_ms"]
-                if args.check and mode == "fwdbwd" and device.type == "cuda" and "triton" in args.impls:
+                triton_ok = device.type == "cuda" or kernels.interpreter_mode()
+                if args.check and mode == "fwdbwd" and triton_ok and "triton" in args.impls:
                     row.update(check_triton(block, x, grid))
                 if (model, px) in PAPER_MS and mode == "fwd":
                     row["paper_sdpa_ms"], row["paper_triton_ms"] = PAPER_MS[(model, px)]
                 rows.append(row)
+                save(args, device, {"meta": meta, "rows": rows, "notes": notes})  # partial results survive a crash
                 print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
             del x
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    result = {"meta": meta, "rows": rows, "notes": notes}
+    path = save(args, device, result)
+    print(to_markdown(result))
+    print(f"wrote {path} and .md")
+    return result
+
+
+def save(args, device, result) -> Path:
+    """Write ``bench_<tag>.json`` and ``.md`` under ``args.out``; return the JSON path."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or device.type
-    result = {"meta": meta, "rows": rows, "notes": notes}
     (out / f"bench_{tag}.json").write_text(json.dumps(result, indent=1))
     (out / f"bench_{tag}.md").write_text(to_markdown(result))
-    print(to_markdown(result))
-    print(f"wrote {out / f'bench_{tag}.json'} and .md")
-    return result
+    return out / f"bench_{tag}.json"
 
 
 def _f(v, fmt="{:.2f}"):
@@ -231,8 +243,9 @@ def _f(v, fmt="{:.2f}"):
 def to_markdown(result) -> str:
     """A markdown table of a result dict (as written to JSON)."""
     m = result["meta"]
+    load = f", 1-min load average {m['load_avg_1min']:.1f}" if m.get("load_avg_1min") is not None else ""
     lines = [f"Module latency, batch {m['batch']}, {m['dtype']}, on {m['device']} "
-             f"(torch {m['torch']}, triton {m['triton']}, diffusers {m['diffusers']}, {m['date']}).", "",
+             f"(torch {m['torch']}, triton {m['triton']}, diffusers {m['diffusers']}, {m['date']}{load}).", "",
              "| model | px | grid | mode | SDPA ms | ΔConv torch ms | ΔConv Triton ms | SDPA/torch | SDPA/Triton "
              "| peak MiB SDPA / torch / Triton |",
              "|---|---|---|---|---|---|---|---|---|---|"]

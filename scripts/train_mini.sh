@@ -3,16 +3,26 @@
 # the results into $OUT (or ./runs/pack). Used for the shipped weights (see notebooks/01_embedded_models).
 #   DEVICE=cuda MINUTES=7.2 BATCH=256 scripts/train_mini.sh
 set -u
-DEVICE=${DEVICE:-cuda}; MINUTES=${MINUTES:-7.2}; CLF_MINUTES=${CLF_MINUTES:-3}; BATCH=${BATCH:-256}
+DEVICE=${DEVICE:-cuda}; MINUTES=${MINUTES:-7.2}; CLF_MINUTES=${CLF_MINUTES:-$MINUTES}; BATCH=${BATCH:-256}
 STEPS=${STEPS:-100000}; RUNS=${RUNS:-/tmp/runs}; OUT=${OUT:-runs/pack}; N_EVAL=${N_EVAL:-256}
 PY=${PY:-python3}
 mkdir -p "$RUNS" "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 common="--device $DEVICE --batch $BATCH --steps $STEPS --sample-every 1000 --ckpt-every 500"
-$PY -m aconvlib train --model mini-sd --out $RUNS/mini-sd --max-minutes $MINUTES --lr 6e-4 --warmup 300 $common --resume >$RUNS/mini-sd.out 2>&1 &
-$PY -m aconvlib train --model mini-dit --out $RUNS/mini-dit --max-minutes $MINUTES --lr 6e-4 --warmup 300 $common --resume >$RUNS/mini-dit.out 2>&1 &
-$PY -m aconvlib train --model classifier --out $RUNS/classifier --max-minutes $CLF_MINUTES --lr 2e-3 --warmup 100 $common --resume >$RUNS/classifier.out 2>&1 &
-wait
+# INIT=folder continues from <folder>/<model> pipelines (phase 2: new data seed, lower lr); the classifier
+# is then taken from CLF_DIR instead of being trained again.
+if [ -n "${INIT:-}" ]; then
+  for m in mini-sd mini-dit; do
+    $PY -m aconvlib train --model $m --out $RUNS/$m --max-minutes $MINUTES --lr ${LR:-4e-4} --warmup 100 --seed 1 --min-snr-gamma 5 \
+      --init-from $INIT/$m $common --resume >$RUNS/$m.out 2>&1 &
+  done
+  wait; mkdir -p $RUNS/classifier; cp -r ${CLF_DIR:-data/models/classifier} $RUNS/classifier/classifier
+else
+  $PY -m aconvlib train --model mini-sd --out $RUNS/mini-sd --max-minutes $MINUTES --lr 6e-4 --warmup 300 $common --resume >$RUNS/mini-sd.out 2>&1 &
+  $PY -m aconvlib train --model mini-dit --out $RUNS/mini-dit --max-minutes $MINUTES --lr 6e-4 --warmup 300 $common --resume >$RUNS/mini-dit.out 2>&1 &
+  $PY -m aconvlib train --model classifier --out $RUNS/classifier --max-minutes $CLF_MINUTES --lr 2e-3 --warmup 100 $common --batch 128 --resume >$RUNS/classifier.out 2>&1 &
+  wait
+fi
 tail -c 600 $RUNS/*.out
 $PY - <<PYEOF > $RUNS/eval.json 2>$RUNS/eval.err
 import json, torch

@@ -52,6 +52,8 @@ def cases():
                                              [rnd(2, *out, 5)]), torch.float32)
     yield "bilinear (3, 2)->(10, 9) (odd factor)", (lambda x: R.bilinear_up(x, (10, 9)), lambda x: T.bilinear_up(x, (10, 9)),
                                                     [rnd(1, 3, 2, 4)]), torch.float32
+    yield ("dwconv 3 pixel chunks in the weight gradient", (R.dwconv2d, T.dwconv2d, [rnd(2, 12, 11, 8), rnd(3, 3, 8)]),
+           torch.float32)
     yield "dwconv wide C=80 (two channel blocks)", (R.dwconv2d, T.dwconv2d, [rnd(1, 4, 5, 80), rnd(3, 3, 80)]), torch.float32
     for dt in (torch.float16, torch.bfloat16):
         yield f"dwconv {dt}", (R.dwconv2d, T.dwconv2d, [rnd(1, 6, 5, 8, dt=dt), rnd(3, 3, 8, dt=dt)]), dt

@@ -36,3 +36,12 @@ def test_flops_vs_resolution_non_square():
     assert (df["layers"] == 28).all()
     n = (1440 // 16) * (2560 // 16)
     assert df["total_GFLOPs"].iloc[1] == pytest.approx(28 * attention_flops(n, 1152) / 1e9)
+
+
+def test_paper_table1_self_attention_row_is_reproduced():
+    """The paper's Table 1 self-attention row = one module, batch 2, 2 FLOPs per MAC (within 0.5%)."""
+    from aconvlib.flops import table1_comparison
+
+    t = table1_comparison()
+    assert len(t) == 12
+    assert ((t["attn ours/paper"] - 1).abs() < 0.005).all(), t[["model", "size", "attn ours/paper"]]

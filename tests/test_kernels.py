@@ -21,7 +21,8 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 @pytest.fixture(scope="module")
 def interpreter_results():
     """Run tests/_kernel_checks.py once in a subprocess with TRITON_INTERPRET=1; {case: record}."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(HERE.parent))
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
     res = subprocess.run([sys.executable, str(HERE / "_kernel_checks.py")], capture_output=True, text=True,
                          env=env, timeout=600)
     if res.returncode != 0:
@@ -52,11 +53,11 @@ def test_interpreter_covers(interpreter_results, kind):
 
 def test_reference_gradcheck():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 5, 4, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    w = torch.randn(3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    x = torch.randn(1, 5, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(R.dwconv2d, (x, w))
-    assert torch.autograd.gradcheck(lambda t: R.avg_pool_down(t, (2, 3)), (x,))
-    assert torch.autograd.gradcheck(lambda t: R.bilinear_up(t, (9, 7)), (x,))
+    assert torch.autograd.gradcheck(lambda t: R.avg_pool_down(t, (2, 2)), (x,))  # overlapping windows (5 -> 2)
+    assert torch.autograd.gradcheck(lambda t: R.bilinear_up(t, (8, 7)), (x,))
 
 
 def test_reference_semantics():
@@ -94,7 +95,7 @@ def _rel(a, b):
 
 @cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("hw,k", [((64, 64), 9), ((45, 31), 13), ((17, 8), 3)])
+@pytest.mark.parametrize("hw,k", [((45, 31), 13), ((16, 12), 9)])
 def test_cuda_ops_match_torch(dtype, tol, hw, k):
     from aconvlib.kernels import triton_ops as T
 
@@ -127,13 +128,14 @@ def test_cuda_block_auto_uses_triton_and_matches(dtype, tol):
     blk = DeltaConvBlock(320, 9).cuda().to(dtype)
     x = torch.randn(2, 33 * 20, 320, device="cuda", dtype=dtype)
     assert kernels.resolve_backend(x) == "triton"
+    gy = torch.randn_like(x)
     res = {}
     for be in ("torch", None):
         blk.backend = be
         blk.zero_grad(set_to_none=True)
         xg = x.clone().requires_grad_(True)
         y = blk(xg, (33, 20))
-        y.float().square().mean().backward()
+        y.backward(gy)  # unit-scale output gradient: no fp16 underflow in the parameter gradients
         res[be] = [y, xg.grad] + [p.grad for p in blk.parameters()]
     for i, (a, b) in enumerate(zip(res[None], res["torch"])):
         assert _rel(a, b) <= tol, (i, _rel(a, b))

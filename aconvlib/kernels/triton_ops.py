@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 BLOCK_P = 32
+BLOCK_P_CONV = 64
 
 
 def _block_c(c: int) -> int:
@@ -42,16 +43,17 @@ def _dwconv_fwd_kernel(x_ptr, w_ptr, y_ptr, P, H, W, C,
     mask_c = offs_c < C
     x_idx = offs_p % W
     y_idx = (offs_p // W) % H
-    row0 = offs_p - x_idx - y_idx * W  # first pixel of the image: b·H·W
+    # neighbour (dy, dx) of pixel p is pixel p + dy·W + dx of the same image: one scalar offset per tap
+    base = x_ptr + offs_p[:, None] * C + offs_c[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in range(K):
-        yy = y_idx + i - K // 2
+        yy = y_idx + (i - K // 2)
         ok_y = mask_p & (yy >= 0) & (yy < H)
         for j in range(K):
-            xx = x_idx + j - K // 2
+            xx = x_idx + (j - K // 2)
             ok = ok_y & (xx >= 0) & (xx < W)
-            src = (row0 + yy * W + xx) * C
-            xv = tl.load(x_ptr + src[:, None] + offs_c[None, :], mask=ok[:, None] & mask_c[None, :], other=0.0)
+            shift = ((i - K // 2) * W + (j - K // 2)) * C
+            xv = tl.load(base + shift, mask=ok[:, None] & mask_c[None, :], other=0.0)
             wv = tl.load(w_ptr + (i * K + j) * C + offs_c, mask=mask_c, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
     out = y_ptr + offs_p[:, None] * C + offs_c[None, :]
@@ -59,32 +61,32 @@ def _dwconv_fwd_kernel(x_ptr, w_ptr, y_ptr, P, H, W, C,
 
 
 @triton.jit
-def _dwconv_wgrad_kernel(x_ptr, go_ptr, part_ptr, P, H, W, C, PIX_PER_PROG,
-                         K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dwconv_wgrad_kernel(x_ptr, go_ptr, part_ptr, P, H, W, C,
+                         K: tl.constexpr, SUBTILES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # program (chunk, channel block, filter row i): partial sums over the chunk's pixels of
+    # go[p] · x[p + (i - K//2)·W + (j - K//2)] for the K taps of row i -> part[chunk, i·K + j, c]
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
+    i = tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    start = pid * PIX_PER_PROG
-    end = tl.minimum(start + PIX_PER_PROG, P)
-    for tap in range(K * K):
-        i = tap // K
-        j = tap % K
+    start = pid * (SUBTILES * BLOCK_P)  # each program sums SUBTILES·BLOCK_P pixels (compile-time trip count)
+    for j in range(K):
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for p0 in range(start, start + PIX_PER_PROG, BLOCK_P):
-            offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-            mask_p = offs_p < end
+        for sub in range(SUBTILES):
+            offs_p = (start + sub * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+            mask_p = offs_p < P
             x_idx = offs_p % W
             y_idx = (offs_p // W) % H
-            yy = y_idx + i - K // 2
-            xx = x_idx + j - K // 2
+            yy = y_idx + (i - K // 2)
+            xx = x_idx + (j - K // 2)
             ok = mask_p & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            src = (offs_p + (i - K // 2) * W + (j - K // 2)) * C
-            g = tl.load(go_ptr + offs_p[:, None] * C + offs_c[None, :],
-                        mask=ok[:, None] & mask_c[None, :], other=0.0)
-            xv = tl.load(x_ptr + src[:, None] + offs_c[None, :], mask=ok[:, None] & mask_c[None, :], other=0.0)
+            m = ok[:, None] & mask_c[None, :]
+            pix = offs_p[:, None] * C + offs_c[None, :]
+            g = tl.load(go_ptr + pix, mask=m, other=0.0)
+            xv = tl.load(x_ptr + pix + ((i - K // 2) * W + (j - K // 2)) * C, mask=m, other=0.0)
             acc += g.to(tl.float32) * xv.to(tl.float32)
-        tl.store(part_ptr + (pid * K * K + tap) * C + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+        tl.store(part_ptr + (pid * K * K + i * K + j) * C + offs_c, tl.sum(acc, axis=0), mask=mask_c)
 
 
 def _dwconv_fwd(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -93,8 +95,8 @@ def _dwconv_fwd(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
     p = b * h * wd
     bc = _block_c(c)
-    grid = (triton.cdiv(p, BLOCK_P), triton.cdiv(c, bc))
-    _dwconv_fwd_kernel[grid](x, w, y, p, h, wd, c, K=k, BLOCK_P=BLOCK_P, BLOCK_C=bc)
+    grid = (triton.cdiv(p, BLOCK_P_CONV), triton.cdiv(c, bc))
+    _dwconv_fwd_kernel[grid](x, w, y, p, h, wd, c, K=k, BLOCK_P=BLOCK_P_CONV, BLOCK_C=bc)
     return y
 
 
@@ -102,12 +104,12 @@ def _dwconv_wgrad(x: torch.Tensor, go: torch.Tensor, k: int) -> torch.Tensor:
     b, h, wd, c = x.shape
     p = b * h * wd
     bc = _block_c(c)
-    chunks = max(1, min(256, triton.cdiv(p, 4 * BLOCK_P)))
-    per_prog = triton.cdiv(triton.cdiv(p, chunks), BLOCK_P) * BLOCK_P
-    chunks = triton.cdiv(p, per_prog)
+    # about 256 pixel chunks; a power-of-two number of BLOCK_P tiles each (few compiled variants)
+    subtiles = min(64, max(4, triton.next_power_of_2(triton.cdiv(p, 256 * BLOCK_P))))
+    chunks = triton.cdiv(p, subtiles * BLOCK_P)
     part = torch.empty((chunks, k * k, c), device=x.device, dtype=torch.float32)
-    _dwconv_wgrad_kernel[(chunks, triton.cdiv(c, bc))](x, go, part, p, h, wd, c, per_prog,
-                                                       K=k, BLOCK_P=BLOCK_P, BLOCK_C=bc)
+    _dwconv_wgrad_kernel[(chunks, triton.cdiv(c, bc), k)](x, go, part, p, h, wd, c,
+                                                          K=k, SUBTILES=subtiles, BLOCK_P=BLOCK_P, BLOCK_C=bc)
     return part.sum(0).view(k, k, c)
 
 

@@ -129,14 +129,12 @@ def classifier_accuracy(clf: AttributeClassifier | None = None, n: int = 2000, s
 
 def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (N,D)."""
-    from scipy import linalg
-
     a, b = f1.double().numpy(), f2.double().numpy()
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+    # tr sqrt(S1 S2) = sum of square roots of the (real, non-negative) eigenvalues of S1 S2
+    ev = np.linalg.eigvals(s1 @ s2).real.clip(min=0)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
 
 
 @torch.no_grad()

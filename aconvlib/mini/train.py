@@ -9,7 +9,7 @@ checkpoint continues exactly where it stopped. Checkpoints (``ckpt.pt``: weights
 step, generator state) are written atomically; losses go to ``train_log.jsonl``; sample grids to
 ``samples_<step>.png``; the final EMA pipeline to ``<out>/pipeline`` (or ``<out>/classifier``).
 
-``max_minutes`` bounds the wall-clock time: after 50 steps the run measures its speed, fits the
+``max_minutes`` bounds the wall-clock time: at step 70 the run measures its speed (steps 20-70), fits the
 schedule's total steps into the budget (recorded in the checkpoint) and stops there, saving itself.
 """
 from __future__ import annotations
@@ -55,6 +55,8 @@ class TrainConfig:
     sample_every: int = 1000
     log_every: int = 10
     max_minutes: float | None = None
+    min_snr_gamma: float | None = None  # min-SNR-γ loss weighting (Hang et al. 2023); None = plain MSE
+    init_from: str | None = None  # start from an exported pipeline folder (fine-tuning / continuation)
     total_steps: int | None = field(default=None)  # schedule length; fixed at start or fitted to the budget
 
 
@@ -106,8 +108,18 @@ class Trainer:
         self.tokenizer = WordTokenizer.for_grammar()
         self.modules = {FAMILY[self.cfg.model]: build_denoiser(FAMILY[self.cfg.model]).to(self.device),
                         "text_encoder": build_text_encoder(len(self.tokenizer)).to(self.device)}
+        if self.cfg.init_from:
+            self._init_from(Path(self.cfg.init_from))
         self.noise_scheduler = make_scheduler("ddpm")
         self.alphas = self.noise_scheduler.alphas_cumprod.to(self.device)
+
+    def _init_from(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        for key, m in self.modules.items():
+            sub = {"unet": "unet", "dit": "transformer"}.get(key, key)
+            f = next((path / sub).glob("*.safetensors"))
+            m.load_state_dict({k: v.float() for k, v in load_file(str(f)).items()})
 
     def loss(self, step: int) -> torch.Tensor:
         cfg, dev = self.cfg, self.device
@@ -132,7 +144,11 @@ class Trainer:
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v-prediction
         states = self.modules["text_encoder"](ids)[0]
         pred = denoise(self.modules[FAMILY[cfg.model]], xt, t, states)
-        return F.mse_loss(pred.float(), target)
+        if cfg.min_snr_gamma is None:
+            return F.mse_loss(pred.float(), target)
+        snr = a.view(B) / (1 - a.view(B))
+        w = snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)  # min-SNR-γ weight for v-prediction
+        return (w * (pred.float() - target).square().mean((1, 2, 3))).mean()
 
     def ema_modules(self) -> dict:
         """Copies of the modules holding the EMA weights (eval mode)."""
@@ -236,9 +252,11 @@ class Trainer:
                 t_mark, s_mark, acc, n_acc = now, self.step, 0.0, 0
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             bar.update(1)
-            if deadline and cfg.total_steps is None and self.step == 50:
-                rate = (time.time() - t0) / 50
-                cfg.total_steps = min(cfg.steps, int(50 + 0.97 * (deadline - time.time()) / rate))
+            if deadline and cfg.total_steps is None and self.step == 20:
+                t20 = time.time()
+            if deadline and cfg.total_steps is None and self.step == 70:
+                rate = (time.time() - t20) / 50  # s/step once warm
+                cfg.total_steps = min(cfg.steps, int(70 + 0.96 * (deadline - time.time()) / rate))
                 end = cfg.total_steps
                 bar.total = end
                 (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
