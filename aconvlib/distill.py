@@ -285,3 +285,46 @@ def register_cli(sub) -> None:
         print(json.dumps(summary))
 
     p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------------------------
+# shipped results of the embedded models
+# ----------------------------------------------------------------------------------------------
+def adapter_dir(model: str) -> Path:
+    """Where the distilled ΔConv adapter of an embedded model ships: ``data/models/<model>-deltaconv``."""
+    from .models.registry import DATA_DIR
+
+    return DATA_DIR / "models" / f"{model}-deltaconv"
+
+
+def read_log(path) -> list[dict]:
+    """The step records of a ``distill_log.jsonl`` (summary lines dropped)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "distill_log.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no distillation log at {path}; run `aconv distill` first")
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "step" in r and "loss" in r]
+
+
+def plot_distill_curves(models, smooth: int = 10):
+    """One panel per loss term (total, Min-SNR ε terms, feature term), one line per model; returns the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for model in models:
+        log = read_log(adapter_dir(model))
+        steps = np.array([r["step"] for r in log])
+        for ax, key, title in zip(axes, ("loss", "out", "feat"), ("total L", "L_out (Min-SNR ε terms)", "L_f (features)")):
+            y = np.array([r[key] for r in log])
+            k = max(1, min(smooth, len(y) // 5))
+            ys = np.convolve(y, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], ys, label=model)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    return fig

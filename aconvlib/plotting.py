@@ -29,7 +29,7 @@ def plot_attention_overlays(study, layer_names: Optional[Sequence[str]] = None,
     """Each layer's attention map (rows) for several query points (columns), over the generated image.
 
     A query point is a fractional image position (y, x); it is mapped to the token under it in each
-    layer's grid and marked with a cyan cross. The heat map is the query's row of the averaged map,
+    layer's grid and its centre is marked with a cyan cross. The heat map is the query's row of the averaged map,
     shown on the token grid stretched over the image and scaled to its own maximum (printed).
     """
     names = list(layer_names or study.names())
@@ -45,11 +45,13 @@ def plot_attention_overlays(study, layer_names: Optional[Sequence[str]] = None,
         axes[r, 0].set_ylabel(f"{labels.get(name, name)}\n{grid[0]}×{grid[1]}", fontsize=8)
         for c, pt in enumerate(query_points, start=1):
             ax = axes[r, c]
-            row = A[_query_token(pt, grid)].reshape(grid).numpy()
+            q = _query_token(pt, grid)
+            row = A[q].reshape(grid).numpy()
             ax.imshow(img, extent=(0, w, h, 0))
             ax.imshow(row / max(row.max(), 1e-12), extent=(0, w, h, 0), cmap=cmap, alpha=alpha, vmin=0, vmax=1,
                       interpolation="nearest")
-            ax.plot([pt[1] * w], [pt[0] * h], marker="+", color="cyan", markersize=9, mew=2)
+            qy, qx = (q // grid[1] + 0.5) * h / grid[0], (q % grid[1] + 0.5) * w / grid[1]   # token centre
+            ax.plot([qx], [qy], marker="+", color="cyan", markersize=9, mew=2)
             ax.set_title(f"max {row.max():.2f}", fontsize=7)
         if r == 0:
             axes[0, 0].set_title("image", fontsize=8)

@@ -162,8 +162,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2, help="alternating plain/capture runs; the fastest counts")
     ap.add_argument("--cases", nargs="*", default=["sd15", "mini-sd", "mini-dit"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="write the results as JSON (and a .md table next to it)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype or ("float16" if a.device.startswith("cuda") else "float32"))
     results = []
     for case in a.cases:

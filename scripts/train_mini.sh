@@ -2,6 +2,12 @@
 # Train mini-sd, mini-dit and the attribute classifier concurrently (one GPU or CPU), evaluate, and pack
 # the results into $OUT (or ./runs/pack). Used for the shipped weights (see notebooks/01_embedded_models).
 #   DEVICE=cuda MINUTES=7.2 BATCH=256 scripts/train_mini.sh
+# The shipped weights came from two runs on one H100 (three processes sharing it):
+#   phase 1: DEVICE=cuda MINUTES=7.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
+#   phase 2: INIT=runs/init DEVICE=cuda MINUTES=4.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
+#            (runs/init/<model> = the phase-1 <model>/pipeline folders)
+# A CPU run: DEVICE=cpu MINUTES=150 BATCH=32 scripts/train_mini.sh (time-fitted; ~13 s/step at batch 32
+# on the project's shared 2-core CPU, i.e. only ~650 steps: not enough for usable models).
 set -u
 DEVICE=${DEVICE:-cuda}; MINUTES=${MINUTES:-7.2}; CLF_MINUTES=${CLF_MINUTES:-$MINUTES}; BATCH=${BATCH:-256}
 STEPS=${STEPS:-100000}; RUNS=${RUNS:-/tmp/runs}; OUT=${OUT:-runs/pack}; N_EVAL=${N_EVAL:-256}

@@ -30,20 +30,27 @@ def _check(name: str):
     return d
 
 
-def load_mini_pipeline(name: str, device="cpu", dtype: torch.dtype = torch.float32, **_) -> MiniPipeline:
-    """Load ``mini-sd`` or ``mini-dit`` from ``data/models`` (no network)."""
+def _quiet() -> None:
+    """Silence loading chatter (progress bars, dtype notes) of diffusers and transformers."""
     from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
 
     dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def load_mini_pipeline(name: str, device="cpu", dtype: torch.dtype = torch.float32, **_) -> MiniPipeline:
+    """Load ``mini-sd`` or ``mini-dit`` from ``data/models`` (no network)."""
+    _quiet()
     return MiniPipeline.from_pretrained(_check(name), device=device, dtype=dtype)
 
 
 def load_mini_denoiser(name: str, device="cpu", dtype: torch.dtype = torch.float32):
     """Load only the denoiser (``UNet2DConditionModel`` / ``PixArtTransformer2DModel``) of an embedded model."""
     from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
-    from diffusers.utils import logging as dlog
-
-    dlog.set_verbosity_error()
+    _quiet()
     spec = get_spec(name)
     cls = UNet2DConditionModel if spec.family == "unet" else PixArtTransformer2DModel
     m = cls.from_pretrained(_check(name) / spec.denoiser_subfolder, torch_dtype=dtype)

@@ -139,7 +139,7 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int = 20,
-                   guidance_scale: float = 4.0, seed: int = 0, batch_size: int = 64, classifier=None,
+                   guidance_scale: float = 4.5, seed: int = 0, batch_size: int = 64, classifier=None,
                    n_real: int = 1000, return_images: bool = False) -> dict:
     """Generate one image per prompt and score it with the attribute classifier.
 

@@ -1,6 +1,6 @@
 """``MiniPipeline``: text-to-image sampling for mini-sd / mini-dit with the diffusers calling convention.
 
-``pipe(prompt, num_inference_steps=20, guidance_scale=4.0, generator=None, height=64, width=64)``
+``pipe(prompt, num_inference_steps=20, guidance_scale=4.5, generator=None, height=64, width=64)``
 returns an object with ``.images`` (PIL list, or a (B,3,H,W) tensor / (B,H,W,3) array in [0,1]).
 The denoiser is ``pipe.unet`` (``UNet2DConditionModel``) or ``pipe.transformer``
 (``PixArtTransformer2DModel``) and is called exactly as diffusers' SD / PixArt pipelines call it, with
@@ -102,7 +102,7 @@ class MiniPipeline:
         return self.text_encoder(ids)[0]
 
     @torch.no_grad()
-    def __call__(self, prompt, num_inference_steps: int = 20, guidance_scale: float = 4.0, generator=None,
+    def __call__(self, prompt, num_inference_steps: int = 20, guidance_scale: float = 4.5, generator=None,
                  height: int = 64, width: int = 64, negative_prompt=None, num_images_per_prompt: int = 1,
                  latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)

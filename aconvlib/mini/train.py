@@ -55,6 +55,7 @@ class TrainConfig:
     sample_every: int = 1000
     log_every: int = 10
     max_minutes: float | None = None
+    eval_images: int = 2000  # held-out images for the classifier's accuracy at export
     min_snr_gamma: float | None = None  # min-SNR-γ loss weighting (Hang et al. 2023); None = plain MSE
     init_from: str | None = None  # start from an exported pipeline folder (fine-tuning / continuation)
     total_steps: int | None = field(default=None)  # schedule length; fixed at start or fitted to the budget
@@ -181,7 +182,7 @@ class Trainer:
             clf.save(self.out / "classifier")
             from .evaluate import classifier_accuracy
 
-            acc = classifier_accuracy(clf, n=2000)
+            acc = classifier_accuracy(clf, n=self.cfg.eval_images)
             (self.out / "classifier" / "accuracy.json").write_text(json.dumps(acc, indent=1))
             self.log({"step": self.step, "heldout_accuracy": acc})
             return self.out / "classifier"
@@ -274,7 +275,8 @@ class Trainer:
         done = self.step >= (cfg.total_steps or cfg.steps)
         summary = {"model": cfg.model, "step": self.step, "finished": done, "seconds": elapsed}
         if done or deadline:
-            self.sample()
+            if cfg.sample_every:
+                self.sample()
             summary["export"] = str(self.export())
         self.log({"summary": summary})
         return summary

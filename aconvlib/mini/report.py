@@ -1,0 +1,85 @@
+"""Figures and tables of the chapter "The embedded models" (thin wrappers over data, models, evaluator)."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from aconvlib import data
+
+from . import MODELS_DIR
+
+
+def read_log(name: str) -> list[dict]:
+    """The shipped training log of ``name`` (``data/models/<name>/train_log.jsonl``), loss records only."""
+    return [r for r in map(json.loads, open(MODELS_DIR / name / "train_log.jsonl")) if "loss" in r]
+
+
+def plot_training_curves(names=("mini-sd", "mini-dit", "classifier"), smooth: int = 20):
+    """Loss against step (moving average of ``smooth`` log points); dashed lines mark phase changes."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2))
+    for ax, name in zip(axes, names):
+        log = read_log(name)
+        for phase in sorted({r.get("phase", 1) for r in log}):
+            part = [r for r in log if r.get("phase", 1) == phase]
+            steps = torch.tensor([r["step"] for r in part], dtype=torch.float)
+            loss = torch.tensor([r["loss"] for r in part])
+            k = min(smooth, len(loss))
+            sm = torch.nn.functional.avg_pool1d(loss[None, None], k, 1).flatten()
+            ax.plot(steps, loss, alpha=0.25, lw=0.8, c="C0")
+            ax.plot(steps[k - 1:], sm, lw=1.5, c="C1")
+            if phase > 1:
+                ax.axvline(part[0]["step"], ls="--", c="gray", lw=1)
+        ax.set(yscale="log", xlabel="step (batch 256)" if name != "classifier" else "step (batch 128)",
+               ylabel="training loss", title=name)
+    fig.tight_layout()
+    return fig
+
+
+def show_images(images: torch.Tensor, titles: list[str], ncols: int = 4, width: float = 2.6):
+    """Images (B,3,H,W) in [0,1] with wrapped titles (captions) in a matplotlib grid."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = -(-n // ncols)
+    fig, axes = plt.subplots(rows, ncols, figsize=(width * ncols, (width + 0.55) * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t in zip(axes.flat, images, titles):
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(t, 26)), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def dataset_samples(n: int = 12, split: str = "train", seed: int = 0):
+    """A figure of ``n`` dataset images with their captions."""
+    b = data.make_batch(range(n), seed, split)
+    return show_images(b["pixel_values"] * 0.5 + 0.5, b["captions"])
+
+
+def shipped_eval() -> dict:
+    """The evaluation recorded when the weights were trained (``data/models/<name>/eval.json``)."""
+    out = {}
+    for name in ("mini-sd", "mini-dit"):
+        p = MODELS_DIR / name / "eval.json"
+        if p.exists():
+            out[name] = json.loads(p.read_text())
+    clf = MODELS_DIR / "classifier" / "accuracy.json"
+    if clf.exists():
+        out["classifier"] = json.loads(clf.read_text())
+    return out
+
+
+def quality_table(rows: dict[str, dict]):
+    """A pandas table: one row per (model, where measured), columns = metrics."""
+    import pandas as pd
+
+    cols = ["n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd", "steps",
+            "guidance_scale", "scheduler"]
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows.values()], index=list(rows))
+    return df.round(3)

@@ -1,0 +1,122 @@
+"""The embedded models: shipped weights, registry, pipeline, training resume and the evaluator."""
+import json
+
+import pytest
+import torch
+
+from aconvlib import data
+from aconvlib.models import get_spec, load_denoiser, load_pipeline, self_attention_layers
+from aconvlib.mini import MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def mini_sd():
+    return load_pipeline("mini-sd")
+
+
+@pytest.fixture(scope="module")
+def mini_dit():
+    return load_pipeline("mini-dit")
+
+
+def test_shipped_size_and_layout():
+    total = sum(f.stat().st_size for f in MODELS_DIR.rglob("*.safetensors"))
+    assert total <= 25e6
+    for name, sub in (("mini-sd", "unet"), ("mini-dit", "transformer")):
+        for part in (sub, "text_encoder", "tokenizer", "scheduler"):
+            assert (MODELS_DIR / name / part).is_dir()
+        assert get_spec(name).config_path.exists() and get_spec(name).embedded
+
+
+def test_registry_and_attention_grids():
+    unet = load_denoiser("mini-sd", weights=False, device="meta")
+    grids = {l.grid for l in self_attention_layers(unet, get_spec("mini-sd").latent_grid(64, 64))}
+    assert (32, 32) in grids
+    dit = load_denoiser("mini-dit")
+    layers = self_attention_layers(dit, get_spec("mini-dit").latent_grid(64, 64))
+    assert all(l.grid == (16, 16) and l.head_dim == 32 for l in layers) and len(layers) == 6
+
+
+def test_generation_smoke(mini_sd, mini_dit):
+    from diffusers import DDIMScheduler
+
+    g = torch.Generator().manual_seed(0)
+    out = mini_sd(["a large red circle at the center", "a small blue square at the top left"],
+                  num_inference_steps=2, generator=g)
+    assert len(out.images) == 2 and out.images[0].size == (64, 64)
+    mini_dit.scheduler = DDIMScheduler.from_config(mini_dit.scheduler.config)
+    x = mini_dit("a large green ring at the right", num_inference_steps=2, height=48, width=80, output_type="pt").images
+    assert x.shape == (1, 3, 48, 80) and torch.isfinite(x).all() and 0 <= x.min() <= x.max() <= 1
+    # deterministic given the generator
+    a = mini_dit("a large red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="pt")
+    b = mini_dit("a large red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="pt")
+    assert torch.equal(a.images, b.images)
+
+
+def test_generate_cli(tmp_path):
+    from aconvlib.cli import main
+
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "mini-dit", "--prompt", "a small red ring at the top", "--steps", "2",
+                 "--out", str(out)]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size == (64, 64)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    from aconvlib.mini.train import TrainConfig, Trainer
+
+    # the classifier is the tiny config; checkpoint, generator, schedule and EMA code is shared
+    kw = dict(model="classifier", steps=8, batch=4, warmup=2, ckpt_every=4, sample_every=0, log_every=1,
+              eval_images=16)
+    full = Trainer(TrainConfig(**kw), tmp_path / "a", quiet=True)
+    full.run(stop_at=8)
+    part = Trainer(TrainConfig(**kw), tmp_path / "b", quiet=True)
+    part.run(stop_at=4)  # "killed" after the step-4 checkpoint
+    resumed = Trainer(TrainConfig(**kw), tmp_path / "b", resume=True, quiet=True)
+    assert resumed.step == 4 and resumed.opt.state[resumed.params[0]]["step"] == 4
+    resumed.run()
+    assert resumed.step == 8
+    for p, q in zip(full.params, resumed.params):
+        assert torch.allclose(p, q, atol=1e-6)
+    for p, q in zip(full.ema, resumed.ema):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert not torch.allclose(full.ema[0], Trainer(TrainConfig(**kw), tmp_path / "c", quiet=True).ema[0])
+    assert (tmp_path / "b" / "classifier" / "model.safetensors").exists()
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "train_log.jsonl") if '"loss"' in l]
+    assert steps == list(range(1, 9))
+
+
+def test_denoiser_training_step_and_resume(tmp_path):
+    from aconvlib.mini.train import TrainConfig, Trainer
+
+    kw = dict(model="mini-dit", steps=2, batch=2, warmup=1, ckpt_every=1, sample_every=0, log_every=1)
+    tr = Trainer(TrainConfig(**kw), tmp_path, quiet=True)
+    tr.run(stop_at=1)
+    resumed = Trainer(TrainConfig(**kw), tmp_path, resume=True, quiet=True)
+    assert resumed.step == 1 and torch.equal(resumed.gen.get_state(), tr.gen.get_state())
+    assert all(torch.equal(p, q) for p, q in zip(tr.params, resumed.params))
+    summary = resumed.run()
+    assert summary["step"] == 2 and summary["finished"]
+    loss = [json.loads(l)["loss"] for l in open(tmp_path / "train_log.jsonl") if '"loss"' in l]
+    assert len(loss) == 2 and all(0 < v < 10 for v in loss)
+    assert (tmp_path / "pipeline" / "transformer" / "config.json").exists()
+
+
+def test_classifier_accuracy_on_heldout_images():
+    from aconvlib.mini.evaluate import classifier_accuracy
+
+    acc = classifier_accuracy(n=300)
+    for k in ("shape", "color", "size", "position"):
+        assert acc[k] >= 0.98, (k, acc)
+
+
+def test_evaluate_model_runs(mini_dit):
+    from aconvlib.mini.evaluate import evaluate_model, frechet_distance
+
+    res = evaluate_model(mini_dit, 4, num_inference_steps=2, n_real=64)
+    assert res["n_prompts"] == 4 and 0 <= res["prompt_adherence"] <= 1 and res["fdd"] >= 0
+    f = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    assert frechet_distance(f, f) < 1e-6
+    assert frechet_distance(f, f + 3) == pytest.approx(72, rel=1e-6)
