@@ -27,7 +27,7 @@ def pixart():
 
 def call(model, x, t, text):
     if isinstance(model, PixArtTransformer2DModel):
-        return model(x, encoder_hidden_states=text, timestep=torch.full((x.shape[0],), float(t)),
+        return model(x, encoder_hidden_states=text, timestep=torch.full((x.shape[0],), float(t), device=x.device),
                      added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
     return model(x, t, encoder_hidden_states=text).sample
 
@@ -182,3 +182,27 @@ def test_low_precision_inputs(unet, dtype):
         assert m.dtype == torch.float32
         assert torch.allclose(m.sum(1), torch.ones(m.shape[0]), atol=1e-5)
         assert (m - ref[name]).abs().max() < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("which", ["unet", "pixart"])
+# fp32 tolerance: cuDNN runs the convolutions in TF32 on Ampere/Hopper (measured 1.0e-4 on an H100)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.float16, 0.02), (torch.bfloat16, 0.05)])
+def test_capture_on_cuda(which, dtype, tol, request):
+    """On CUDA: maps equal the fp32 reference (fp16/bf16 within rounding), rows sum to one, outputs unchanged."""
+    model = request.getfixturevalue(which)
+    x, text = make_inputs()
+    ref, _ = reference_maps(model, x, 5, text, slice(1, 2))   # fp32 reference on the CPU
+    dev = type(model).from_config(model.config).eval()
+    dev.load_state_dict(model.state_dict())
+    dev.to("cuda", dtype)
+    xc, tc = x.to("cuda", dtype), text.to("cuda", dtype)
+    with torch.no_grad():
+        before = call(dev, xc, 5, tc)
+        with capture_self_attention(dev) as cap:
+            out = call(dev, xc, 5, tc)
+    assert torch.equal(out, before)
+    for name, m in cap.maps.items():
+        m = m.float().cpu()
+        assert torch.allclose(m.sum(1), torch.ones(m.shape[0]), atol=1e-4)
+        assert (m - ref[name]).abs().max() < tol, (name, dtype)
