@@ -33,10 +33,10 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
-from .models import SelfAttentionLayer, self_attention_layers
+from .models import SelfAttentionLayer, get_denoiser, self_attention_layers
 
 __all__ = ["AttentionCapture", "CaptureProcessor", "MemoryBudgetError", "capture_self_attention",
-           "estimate_capture_bytes", "resolve_denoiser"]
+           "estimate_capture_bytes"]
 
 LayerSelector = Union[None, str, int, Sequence[Union[str, int]], Callable[[SelfAttentionLayer], bool]]
 StepSelector = Union[None, int, Sequence[int], Callable[[int], bool]]
@@ -45,17 +45,6 @@ TimestepSelector = Union[None, float, Sequence[float], Callable[[float], bool]]
 
 class MemoryBudgetError(MemoryError):
     """The capture would need more memory than ``memory_budget_gb``; raised before any work."""
-
-
-def resolve_denoiser(target) -> torch.nn.Module:
-    """The denoiser of a pipeline (``pipe.unet`` or ``pipe.transformer``), or ``target`` itself."""
-    for attr in ("unet", "transformer"):
-        den = getattr(target, attr, None)
-        if isinstance(den, torch.nn.Module):
-            return den
-    if isinstance(target, torch.nn.Module) and hasattr(target, "attn_processors"):
-        return target
-    raise TypeError(f"expected a diffusers pipeline or denoiser, got {type(target).__name__}")
 
 
 def _default_latent_hw(denoiser) -> tuple[int, int]:
@@ -354,6 +343,6 @@ def capture_self_attention(target, layers: LayerSelector = None, *, steps: StepS
     Returns:
         An :class:`AttentionCapture`; enter it with ``with``.
     """
-    return AttentionCapture(resolve_denoiser(target), layers, steps=steps, timesteps=timesteps,
+    return AttentionCapture(get_denoiser(target), layers, steps=steps, timesteps=timesteps,
                             cfg_branch=cfg_branch, cfg=cfg, memory_budget_gb=memory_budget_gb,
                             latent_hw=latent_hw, workspace_mb=workspace_mb)

@@ -31,9 +31,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .blocks import DeltaConvBlock
-from .models.layers import SelfAttentionLayer, self_attention_layers, unet_level_grids
+from .models.layers import SUPPORTED, SelfAttentionLayer, get_denoiser, self_attention_layers, unet_level_grids
 
-SUPPORTED = ("UNet2DConditionModel", "PixArtTransformer2DModel")
 
 # The authors' per-resolution kernel sizes, by (part, level); level 0 = full latent resolution.
 OFFICIAL_KERNEL_SIZES = {
@@ -47,19 +46,6 @@ PAPER_KERNEL_SIZES = {"sd15": 9, "sdxl": 13, "pixart": 13}
 # ----------------------------------------------------------------------------------------------
 # finding the denoiser and describing it
 # ----------------------------------------------------------------------------------------------
-def get_denoiser(pipe_or_denoiser) -> nn.Module:
-    """The denoiser of a pipeline (``.unet`` or ``.transformer``), or the argument itself if it is one."""
-    obj = pipe_or_denoiser
-    if type(obj).__name__ in SUPPORTED:
-        return obj
-    for attr in ("unet", "transformer"):
-        den = getattr(obj, attr, None)
-        if den is not None and type(den).__name__ in SUPPORTED:
-            return den
-    raise TypeError(f"cannot find a supported denoiser ({', '.join(SUPPORTED)}) in {type(obj).__name__}: "
-                    "pass a diffusers pipeline with .unet / .transformer, or the denoiser itself")
-
-
 def model_kind(denoiser: nn.Module) -> str:
     """``"pixart"``, ``"sdxl"`` (a U-Net with SDXL's text-time conditioning) or ``"sd15"`` (other U-Nets)."""
     name = type(denoiser).__name__

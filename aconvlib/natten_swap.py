@@ -19,8 +19,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .attention import resolve_denoiser
-from .models import self_attention_layers
+from .models import get_denoiser, self_attention_layers
 
 __all__ = ["NeighborhoodAttnProcessor", "clip_kernel", "natten_available", "neighborhood_attention",
            "neighborhood_mask"]
@@ -123,7 +122,7 @@ def neighborhood_attention(target, kernel_size: int = 13, backend: str | None = 
     The token grid of each layer is read from the latent size before every denoiser call; the
     original processors are restored on exit, also after an exception.
     """
-    den = resolve_denoiser(target)
+    den = get_denoiser(target)
     on_cuda = next(den.parameters()).device.type == "cuda"
     backend = backend or ("natten" if natten_available() and on_cuda else "torch")
     if backend == "natten" and not natten_available():

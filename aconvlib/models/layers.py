@@ -37,6 +37,23 @@ class SelfAttentionLayer:
         return self.grid[0] * self.grid[1]
 
 
+SUPPORTED = ("UNet2DConditionModel", "PixArtTransformer2DModel")
+
+
+def get_denoiser(pipe_or_denoiser) -> torch.nn.Module:
+    """The denoiser of a pipeline (``.unet`` or ``.transformer``), or the argument itself if it is one."""
+    obj = pipe_or_denoiser
+    if type(obj).__name__ in SUPPORTED:
+        return obj
+    for attr in ("unet", "transformer"):
+        den = getattr(obj, attr, None)
+        if den is not None and type(den).__name__ in SUPPORTED:
+            return den
+    raise TypeError(f"cannot find a supported denoiser ({', '.join(SUPPORTED)}) in {type(obj).__name__}: "
+                    "pass a diffusers pipeline with .unet / .transformer, or the denoiser itself")
+
+
+
 _UNET_PATTERN = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
 
 
