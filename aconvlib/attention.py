@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
-from .models import SelfAttentionLayer, get_denoiser, self_attention_layers
+from .models import SelfAttentionLayer, denoiser_input, get_denoiser, self_attention_layers
 
 __all__ = ["AttentionCapture", "CaptureProcessor", "MemoryBudgetError", "capture_self_attention",
            "estimate_capture_bytes"]
@@ -224,7 +224,7 @@ class AttentionCapture:
 
     # ---------------------------------------------------------------- per call
     def _pre_hook(self, module, args, kwargs):
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        sample = denoiser_input(args, kwargs)
         t = kwargs.get("timestep")
         if t is None:
             # UNet2DConditionModel(sample, timestep, ...); PixArt(hidden_states, encoder_hidden_states, timestep)

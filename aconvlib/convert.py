@@ -31,7 +31,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .blocks import DeltaConvBlock
-from .models.layers import SUPPORTED, SelfAttentionLayer, get_denoiser, self_attention_layers, unet_level_grids
+from .models.layers import (SUPPORTED, SelfAttentionLayer, denoiser_input, get_denoiser, self_attention_layers,
+                            unet_level_grids)
 
 
 # The authors' per-resolution kernel sizes, by (part, level); level 0 = full latent resolution.
@@ -123,7 +124,7 @@ class GridContext:
         self.handle = denoiser.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        sample = denoiser_input(args, kwargs)
         if isinstance(sample, torch.Tensor) and sample.ndim == 4:
             self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
 

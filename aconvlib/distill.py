@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .convert import deltaconv_layers, get_adapter, get_denoiser, save_deltaconv, to_deltaconv
-from .models.layers import self_attention_layers
+from .models.layers import denoise, self_attention_layers
 
 
 @dataclass
@@ -77,15 +77,6 @@ def to_epsilon(pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, p
     if prediction_type == "v_prediction":
         return alpha_bar.sqrt() * pred + (1 - alpha_bar).sqrt() * x_t
     raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
-
-
-def call_denoiser(denoiser, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Call a ``UNet2DConditionModel`` or ``PixArtTransformer2DModel`` the diffusers way; [B, C, h, w] out."""
-    if type(denoiser).__name__ == "PixArtTransformer2DModel":
-        out = denoiser(x, encoder_hidden_states=text, timestep=t,
-                       added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
-        return out.chunk(2, dim=1)[0] if out.shape[1] == 2 * x.shape[1] else out
-    return denoiser(x, t, encoder_hidden_states=text, return_dict=False)[0]
 
 
 class _Outputs:
@@ -178,8 +169,8 @@ class Distiller:
         a = self.alphas[t].view(B, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         with torch.no_grad():
-            eps_t = to_epsilon(call_denoiser(self.teacher, x_t, t, text).float(), x_t, a, self.prediction_type)
-        eps_s = to_epsilon(call_denoiser(self.student, x_t, t, text).float(), x_t, a, self.prediction_type)
+            eps_t = to_epsilon(denoise(self.teacher, x_t, t, text).float(), x_t, a, self.prediction_type)
+        eps_s = to_epsilon(denoise(self.student, x_t, t, text).float(), x_t, a, self.prediction_type)
         w = min_snr_weight(self.alphas, t, self.cfg.min_snr_gamma)
         per_sample = ((eps_s - eps) ** 2).mean((1, 2, 3)) + ((eps_s - eps_t) ** 2).mean((1, 2, 3))
         out = (w * per_sample).mean()

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .models import get_denoiser, self_attention_layers
+from .models import denoiser_input, get_denoiser, self_attention_layers
 
 __all__ = ["NeighborhoodAttnProcessor", "clip_kernel", "natten_available", "neighborhood_attention",
            "neighborhood_mask"]
@@ -133,7 +133,7 @@ def neighborhood_attention(target, kernel_size: int = 13, backend: str | None = 
     new.update({f"{name}.processor": p for name, p in procs.items()})
 
     def pre_hook(module, args, kwargs):
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        sample = denoiser_input(args, kwargs)
         for layer in self_attention_layers(module, tuple(sample.shape[-2:])):
             procs[layer.name].grid = layer.grid
 

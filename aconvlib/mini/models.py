@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.layers import denoise  # noqa: F401  (re-exported: the pipeline and trainer call it from here)
+
 LATENT_FACTOR = 2
 LATENT_CHANNELS = 12
 TEXT_DIM = 128
@@ -79,17 +81,6 @@ def build_denoiser(family: str):
     if family == "dit":
         return PixArtTransformer2DModel(**dit_config())
     raise ValueError(f"unknown family {family!r}")
-
-
-def denoise(model, x: torch.Tensor, t: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
-    """Call a denoiser the standard diffusers way; returns the prediction (B,12,h,w)."""
-    if type(model).__name__ == "PixArtTransformer2DModel" or hasattr(model.config, "caption_channels"):
-        out = model(x, encoder_hidden_states=text_states, timestep=t,
-                    added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
-        if out.shape[1] == 2 * x.shape[1]:  # learned sigma: keep the mean prediction
-            out = out.chunk(2, dim=1)[0]
-        return out
-    return model(x, t, encoder_hidden_states=text_states, return_dict=False)[0]
 
 
 def make_scheduler(kind: str = "dpm", config: dict | None = None):

@@ -54,6 +54,23 @@ def get_denoiser(pipe_or_denoiser) -> torch.nn.Module:
 
 
 
+def denoiser_input(args: tuple, kwargs: dict):
+    """The latent a denoiser is called with, from a forward pre-hook's (args, kwargs) (None if absent)."""
+    return args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+
+
+def denoise(model, x: torch.Tensor, t: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+    """Call a ``UNet2DConditionModel`` or ``PixArtTransformer2DModel`` the diffusers way: x [B, C, h, w],
+    t [B] or scalar, text_states [B, L, D] -> prediction [B, C, h, w] (a learned-sigma half is dropped)."""
+    if type(model).__name__ == "PixArtTransformer2DModel" or hasattr(model.config, "caption_channels"):
+        out = model(x, encoder_hidden_states=text_states, timestep=t,
+                    added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+        if out.shape[1] == 2 * x.shape[1]:  # learned sigma: keep the mean prediction
+            out = out.chunk(2, dim=1)[0]
+        return out
+    return model(x, t, encoder_hidden_states=text_states, return_dict=False)[0]
+
+
 _UNET_PATTERN = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
 
 
