@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .convert import deltaconv_layers, get_adapter, get_denoiser, save_deltaconv, to_deltaconv
+from .convert import deltaconv_layers, get_adapter, get_denoiser, load_deltaconv, save_deltaconv, to_deltaconv
 from .models.layers import denoise, self_attention_layers
 
 
@@ -61,6 +61,7 @@ class DistillConfig:
     ckpt_every: int = 100
     log_every: int = 10
     max_minutes: float | None = None
+    init_adapter: str | None = None  # start from this saved adapter (re-distillation) instead of fresh blocks
 
 
 def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -96,11 +97,21 @@ class _Outputs:
             h.remove()
 
 
-def make_student(pipe, kernel_sizes="paper", seed: int = 0):
-    """A copy of ``pipe`` whose denoiser is a ΔConv student (the teacher's other components are shared)."""
+def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | None = None):
+    """A copy of ``pipe`` whose denoiser is a ΔConv student (the teacher's other components are shared).
+
+    ``init_adapter``: start from a saved adapter (folder) instead of fresh blocks, e.g. to re-distill
+    after the teacher was fine-tuned; ``kernel_sizes`` and ``seed`` are then the adapter's.
+    """
     student = copy.copy(pipe)
     name = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
-    setattr(student, name, to_deltaconv(copy.deepcopy(get_denoiser(pipe)), kernel_sizes, seed=seed))
+    den = copy.deepcopy(get_denoiser(pipe))
+    if init_adapter:
+        den = load_deltaconv(den, init_adapter, freeze=True)
+        get_adapter(den).requires_grad_(True)
+    else:
+        den = to_deltaconv(den, kernel_sizes, seed=seed)
+    setattr(student, name, den)
     if hasattr(student, "denoiser_name"):
         student.denoiser_name = name
     return student
@@ -249,7 +260,7 @@ def distill_mini(model: str = "mini-sd", out="runs/distill-mini-sd", device="cpu
                          "for real models build a Distiller with your own latent/text batches")
     cfg = DistillConfig(**overrides)
     teacher = load_pipeline(model, device=device)
-    student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed)
+    student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter)
     batches = lambda start: mini_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, device, start)  # noqa: E731
     return Distiller(teacher, student, batches, cfg, out, device, resume, quiet).run()
 
@@ -267,12 +278,13 @@ def register_cli(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
+    p.add_argument("--init-adapter", default=None, help="start from this saved adapter folder (re-distillation)")
 
     def run(a):
         ks = int(a.kernel_sizes) if str(a.kernel_sizes).isdigit() else a.kernel_sizes
         summary = distill_mini(a.model, a.out or f"runs/distill-{a.model}", a.device, a.resume, steps=a.steps,
                                batch=a.batch, lr=a.lr, feature_weight=a.feature_weight, kernel_sizes=ks,
-                               max_minutes=a.max_minutes, seed=a.seed)
+                               max_minutes=a.max_minutes, seed=a.seed, init_adapter=a.init_adapter)
         print(json.dumps(summary))
 
     p.set_defaults(func=run)

@@ -87,3 +87,22 @@ def test_resume_continues_exactly(tmp_path):
     resumed.run()
     a, b = get_adapter(s_full).state_dict(), get_adapter(s_res).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_student_starts_from_a_saved_adapter(tmp_path):
+    from aconvlib.convert import save_deltaconv
+
+    teacher = _tiny_pipe()
+    first = make_student(teacher, seed=3)
+    with torch.no_grad():
+        for p in get_adapter(first).parameters():
+            p.add_(0.01)  # a "trained" adapter, unlike any fresh init
+    save_deltaconv(first, str(tmp_path / "adapter"))
+    again = make_student(teacher, init_adapter=str(tmp_path / "adapter"))
+    a, b = get_adapter(first).state_dict(), get_adapter(again).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    trainable = {n for n, p in again.unet.named_parameters() if p.requires_grad}
+    assert trainable and all("block" in n for n in trainable)
+    from aconvlib.convert import DeltaConvSelfAttention
+
+    assert not any(isinstance(m, DeltaConvSelfAttention) for m in teacher.unet.modules())  # teacher untouched

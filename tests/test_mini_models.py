@@ -125,3 +125,16 @@ def test_evaluate_model_runs(mini_dit):
     f = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
     assert frechet_distance(f, f) < 1e-6
     assert frechet_distance(f, f + 3) == pytest.approx(72, rel=1e-6)
+
+
+def test_high_noise_timestep_share():
+    from aconvlib.mini.train import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    assert (sample_timesteps(2000, 1000, g, 1.0, 800) >= 800).all()
+    t = sample_timesteps(20000, 1000, g, 0.0)
+    assert t.min() < 10 and t.max() > 990
+    share = (sample_timesteps(20000, 1000, g, 0.6, 800) >= 800).float().mean().item()
+    assert abs(share - (0.6 + 0.4 * 0.2)) < 0.02  # the biased share plus the uniform draws that land there
+    with pytest.raises(ValueError, match="high_noise_frac"):
+        sample_timesteps(4, 1000, g, 1.5)

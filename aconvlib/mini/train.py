@@ -58,6 +58,8 @@ class TrainConfig:
     eval_images: int = 2000  # held-out images for the classifier's accuracy at export
     min_snr_gamma: float | None = None  # min-SNR-γ loss weighting (Hang et al. 2023); None = plain MSE
     init_from: str | None = None  # start from an exported pipeline folder (fine-tuning / continuation)
+    high_noise_frac: float = 0.0  # fraction of each batch whose timestep is drawn from [high_noise_min, T)
+    high_noise_min: int = 850  # (layout is decided there: only the caption can tell where objects go)
     total_steps: int | None = field(default=None)  # schedule length; fixed at start or fitted to the budget
 
 
@@ -67,6 +69,22 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, generator: torch.Generator, high_noise_frac: float = 0.0,
+                     high_noise_min: int = 850) -> torch.Tensor:
+    """(n,) training timesteps: uniform over ``[0, T)``, except that a ``high_noise_frac`` share is drawn
+    uniformly from ``[high_noise_min, T)``, where the image is nearly pure noise and only the caption
+    can say where objects go (layout is learned there, and uniform sampling visits it rarely)."""
+    if not 0.0 <= high_noise_frac <= 1.0 or not 0 <= high_noise_min < num_train_timesteps:
+        raise ValueError(f"high_noise_frac must be in [0, 1] and high_noise_min in [0, {num_train_timesteps}); "
+                         f"got {high_noise_frac}, {high_noise_min}")
+    dev = generator.device
+    t = torch.randint(0, num_train_timesteps, (n,), generator=generator, device=dev)
+    if high_noise_frac > 0:
+        hi = torch.randint(high_noise_min, num_train_timesteps, (n,), generator=generator, device=dev)
+        t = torch.where(torch.rand(n, generator=generator, device=dev) < high_noise_frac, hi, t)
+    return t
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -138,7 +156,7 @@ class Trainer:
         drop = torch.rand(B, generator=self.gen, device=dev) < cfg.caption_dropout
         caps = ["" if d else c for c, d in zip(b["captions"], drop.tolist())]
         ids = self.tokenizer(caps)["input_ids"].to(dev)
-        t = torch.randint(0, len(self.alphas), (B,), generator=self.gen, device=dev)
+        t = sample_timesteps(B, len(self.alphas), self.gen, cfg.high_noise_frac, cfg.high_noise_min)
         noise = torch.randn(x0.shape, generator=self.gen, device=dev)
         a = self.alphas[t].view(B, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
