@@ -29,20 +29,35 @@ def _block_c(c: int) -> int:
     return max(16, min(64, triton.next_power_of_2(c)))
 
 
+@triton.jit
+def _tile(P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's (pixels × channels) tile: pixel offsets (int64), channel offsets, their masks."""
+    offs_p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return offs_p, offs_c, offs_p < P, offs_c < C
+
+
+@triton.jit
+def _unravel(p, H, W):
+    """Flattened pixel index ``(b·H + y)·W + x`` -> ``(b, y, x)``."""
+    return p // (W * H), (p // W) % H, p % W
+
+
+@triton.jit
+def _store_tile(ptr, acc, offs_p, offs_c, mask_p, mask_c, C):
+    """Write an fp32 tile to the channels-last tensor at ``ptr`` in its dtype."""
+    tl.store(ptr + offs_p[:, None] * C + offs_c[None, :], acc.to(ptr.dtype.element_ty),
+             mask=mask_p[:, None] & mask_c[None, :])
+
+
 # ----------------------------------------------------------------------------------------------
 # depthwise convolution
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _dwconv_fwd_kernel(x_ptr, w_ptr, y_ptr, P, H, W, C,
                        K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
-    mask_c = offs_c < C
-    x_idx = offs_p % W
-    y_idx = (offs_p // W) % H
+    offs_p, offs_c, mask_p, mask_c = _tile(P, C, BLOCK_P, BLOCK_C)
+    _, y_idx, x_idx = _unravel(offs_p, H, W)
     # neighbour (dy, dx) of pixel p is pixel p + dy·W + dx of the same image: one scalar offset per tap
     base = x_ptr + offs_p[:, None] * C + offs_c[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -56,8 +71,7 @@ def _dwconv_fwd_kernel(x_ptr, w_ptr, y_ptr, P, H, W, C,
             xv = tl.load(base + shift, mask=ok[:, None] & mask_c[None, :], other=0.0)
             wv = tl.load(w_ptr + (i * K + j) * C + offs_c, mask=mask_c, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    out = y_ptr + offs_p[:, None] * C + offs_c[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(y_ptr, acc, offs_p, offs_c, mask_p, mask_c, C)
 
 
 @triton.jit
@@ -76,8 +90,7 @@ def _dwconv_wgrad_kernel(x_ptr, go_ptr, part_ptr, P, H, W, C,
         for sub in range(SUBTILES):
             offs_p = (start + sub * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
             mask_p = offs_p < P
-            x_idx = offs_p % W
-            y_idx = (offs_p // W) % H
+            _, y_idx, x_idx = _unravel(offs_p, H, W)
             yy = y_idx + (i - K // 2)
             xx = x_idx + (j - K // 2)
             ok = mask_p & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
@@ -138,15 +151,8 @@ class _DWConv2d(torch.autograd.Function):
 @triton.jit
 def _pool_fwd_kernel(x_ptr, y_ptr, P, H, W, OH, OW, C,
                      KH: tl.constexpr, KW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
-    mask_c = offs_c < C
-    ox = offs_p % OW
-    oy = (offs_p // OW) % OH
-    b = offs_p // (OW * OH)
+    offs_p, offs_c, mask_p, mask_c = _tile(P, C, BLOCK_P, BLOCK_C)
+    b, oy, ox = _unravel(offs_p, OH, OW)
     ys = (oy * H) // OH
     ye = ((oy + 1) * H + OH - 1) // OH
     xs = (ox * W) // OW
@@ -162,22 +168,14 @@ def _pool_fwd_kernel(x_ptr, y_ptr, P, H, W, OH, OW, C,
             v = tl.load(x_ptr + src[:, None] + offs_c[None, :], mask=ok[:, None] & mask_c[None, :], other=0.0)
             acc += v.to(tl.float32)
     area = ((ye - ys) * (xe - xs)).to(tl.float32)
-    out = y_ptr + offs_p[:, None] * C + offs_c[None, :]
-    tl.store(out, (acc / area[:, None]).to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(y_ptr, acc / area[:, None], offs_p, offs_c, mask_p, mask_c, C)
 
 
 @triton.jit
 def _pool_bwd_kernel(go_ptr, gx_ptr, P, H, W, OH, OW, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # gather: input row y lies in output windows oy0 = floor(y·OH/H) and possibly oy0 + 1 (OH ≤ H)
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
-    mask_c = offs_c < C
-    x_idx = offs_p % W
-    y_idx = (offs_p // W) % H
-    b = offs_p // (W * H)
+    offs_p, offs_c, mask_p, mask_c = _tile(P, C, BLOCK_P, BLOCK_C)
+    b, y_idx, x_idx = _unravel(offs_p, H, W)
     oy0 = (y_idx * OH) // H
     ox0 = (x_idx * OW) // W
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -195,8 +193,7 @@ def _pool_bwd_kernel(go_ptr, gx_ptr, P, H, W, OH, OW, C, BLOCK_P: tl.constexpr, 
             src = ((b * OH + oy) * OW + ox) * C
             g = tl.load(go_ptr + src[:, None] + offs_c[None, :], mask=ok[:, None] & mask_c[None, :], other=0.0)
             acc += g.to(tl.float32) * inv_area[:, None]
-    out = gx_ptr + offs_p[:, None] * C + offs_c[None, :]
-    tl.store(out, acc.to(gx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(gx_ptr, acc, offs_p, offs_c, mask_p, mask_c, C)
 
 
 def _max_window(n_in: int, n_out: int) -> int:
@@ -244,16 +241,9 @@ def _source_index(dst, scale, n_in):
 @triton.jit
 def _bilinear_fwd_kernel(x_ptr, y_ptr, P, IH, IW, OH, OW, C, scale_h, scale_w,
                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
-    mask_c = offs_c < C
+    offs_p, offs_c, mask_p, mask_c = _tile(P, C, BLOCK_P, BLOCK_C)
     m = mask_p[:, None] & mask_c[None, :]
-    ox = offs_p % OW
-    oy = (offs_p // OW) % OH
-    b = offs_p // (OW * OH)
+    b, oy, ox = _unravel(offs_p, OH, OW)
     y0, y1, ly = _source_index(oy, scale_h, IH)
     x0, x1, lx = _source_index(ox, scale_w, IW)
     base = b * IH
@@ -265,7 +255,7 @@ def _bilinear_fwd_kernel(x_ptr, y_ptr, P, IH, IW, OH, OW, C, scale_h, scale_w,
     ly = ly[:, None]
     lx = lx[:, None]
     out = (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
-    tl.store(y_ptr + offs_p[:, None] * C + c, out.to(y_ptr.dtype.element_ty), mask=m)
+    _store_tile(y_ptr, out, offs_p, offs_c, mask_p, mask_c, C)
 
 
 @triton.jit
@@ -273,15 +263,8 @@ def _bilinear_bwd_kernel(go_ptr, gx_ptr, P, IH, IW, OH, OW, C, scale_h, scale_w,
                          RY: tl.constexpr, RX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # gather over the output pixels whose forward interpolation used input pixel (iy, ix): for each
     # candidate output row/col recompute the forward taps and weights exactly, keep the matching ones.
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
-    mask_c = offs_c < C
-    ix = offs_p % IW
-    iy = (offs_p // IW) % IH
-    b = offs_p // (IW * IH)
+    offs_p, offs_c, mask_p, mask_c = _tile(P, C, BLOCK_P, BLOCK_C)
+    b, iy, ix = _unravel(offs_p, IH, IW)
     oy_lo = tl.maximum(tl.floor((iy.to(tl.float32) - 0.5) * inv_h - 0.5), 0.0).to(tl.int64)
     ox_lo = tl.maximum(tl.floor((ix.to(tl.float32) - 0.5) * inv_w - 0.5), 0.0).to(tl.int64)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -298,8 +281,7 @@ def _bilinear_bwd_kernel(go_ptr, gx_ptr, P, IH, IW, OH, OW, C, scale_h, scale_w,
             src = ((b * OH + oy) * OW + ox) * C
             g = tl.load(go_ptr + src[:, None] + offs_c[None, :], mask=ok[:, None] & mask_c[None, :], other=0.0)
             acc += g.to(tl.float32) * (wy * wx)[:, None]
-    out = gx_ptr + offs_p[:, None] * C + offs_c[None, :]
-    tl.store(out, acc.to(gx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(gx_ptr, acc, offs_p, offs_c, mask_p, mask_c, C)
 
 
 class _BilinearUp(torch.autograd.Function):
