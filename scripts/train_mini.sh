@@ -6,6 +6,11 @@
 #   phase 1: DEVICE=cuda MINUTES=7.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
 #   phase 2: INIT=runs/init DEVICE=cuda MINUTES=4.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
 #            (runs/init/<model> = the phase-1 <model>/pipeline folders)
+#   phase 3 (CPU, no GPU in that session; the shipped weights): continue from the phase-2 weights with
+#            60% of each batch at high noise (t >= 800), where only the caption can place objects:
+#     aconv train --model M --out runs/cpu/M --init-from data/models/M --batch 32 --max-minutes 80 \
+#       --lr 3e-4 --warmup 50 --seed 3 --high-noise-frac 0.6 --high-noise-min 800 --resume
+#     (mini-dit first got 300 such steps at --high-noise-frac 0.7 --high-noise-min 850, seed 2)
 # A CPU run: DEVICE=cpu MINUTES=150 BATCH=32 scripts/train_mini.sh (time-fitted; ~13 s/step at batch 32
 # on the project's shared 2-core CPU, i.e. only ~650 steps: not enough for usable models).
 set -u

@@ -138,3 +138,16 @@ def test_high_noise_timestep_share():
     assert abs(share - (0.6 + 0.4 * 0.2)) < 0.02  # the biased share plus the uniform draws that land there
     with pytest.raises(ValueError, match="high_noise_frac"):
         sample_timesteps(4, 1000, g, 1.5)
+
+
+def test_text_encoder_lr_multiplier(tmp_path):
+    from aconvlib.mini.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(model="mini-dit", steps=1, batch=2, warmup=1, sample_every=0, log_every=1,
+                      text_encoder_lr_mult=10.0)
+    tr = Trainer(cfg, tmp_path, quiet=True)
+    tr.run(stop_at=1)
+    groups = {len(g["params"]): g["lr"] for g in tr.opt.param_groups}
+    n_text = len(list(tr.modules["text_encoder"].parameters()))
+    n_den = len(list(tr.modules["dit"].parameters()))
+    assert groups[n_text] == pytest.approx(10 * groups[n_den]) and groups[n_den] > 0

@@ -60,6 +60,7 @@ class TrainConfig:
     init_from: str | None = None  # start from an exported pipeline folder (fine-tuning / continuation)
     high_noise_frac: float = 0.0  # fraction of each batch whose timestep is drawn from [high_noise_min, T)
     high_noise_min: int = 850  # (layout is decided there: only the caption can tell where objects go)
+    text_encoder_lr_mult: float = 1.0  # the text encoder's lr = lr × this (position words need to move)
     total_steps: int | None = field(default=None)  # schedule length; fixed at start or fitted to the budget
 
 
@@ -106,7 +107,10 @@ class Trainer:
         self.build()
         self.params = [p for m in self.modules.values() for p in m.parameters()]
         self.ema = [p.detach().clone().float() for p in self.params]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        # one param group per module; the text encoder's lr is scaled by text_encoder_lr_mult
+        self.opt = torch.optim.AdamW(
+            [{"params": list(m.parameters()), "lr_mult": cfg.text_encoder_lr_mult if k == "text_encoder" else 1.0}
+             for k, m in self.modules.items()], lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         if cfg.total_steps is None and cfg.max_minutes is None:
@@ -252,7 +256,7 @@ class Trainer:
         while self.step < end and (stop_at is None or self.step < stop_at):
             total = cfg.total_steps or cfg.steps
             for g in self.opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, total)
+                g["lr"] = cfg.lr * g["lr_mult"] * lr_factor(self.step, cfg.warmup, total)
             with autocast:
                 loss = self.loss(self.step)
             self.opt.zero_grad(set_to_none=True)
