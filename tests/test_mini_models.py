@@ -151,3 +151,23 @@ def test_text_encoder_lr_multiplier(tmp_path):
     n_text = len(list(tr.modules["text_encoder"].parameters()))
     n_den = len(list(tr.modules["dit"].parameters()))
     assert groups[n_text] == pytest.approx(10 * groups[n_den]) and groups[n_den] > 0
+
+
+def test_spread_word_embeddings_sets_only_those_words():
+    from aconvlib.mini.models import build_text_encoder
+    from aconvlib.mini.tokenizer import WordTokenizer
+    from aconvlib.mini.train import POSITION_WORDS, spread_word_embeddings
+
+    tok = WordTokenizer.for_grammar()
+    te = build_text_encoder(len(tok))
+    before = te.get_input_embeddings().weight.detach().clone()
+    spread_word_embeddings(te, tok, POSITION_WORDS, 10.0, seed=1)
+    after = te.get_input_embeddings().weight.detach()
+    ids = [tok.index[w] for w in POSITION_WORDS]
+    v = after[ids]
+    assert torch.allclose(v @ v.T, 100.0 * torch.eye(len(ids)), atol=1e-3)  # orthogonal, length 10
+    others = [i for i in range(len(tok)) if i not in ids]
+    assert torch.equal(after[others], before[others])
+    with torch.no_grad():
+        h = te(tok(["a small red circle at the top left", "a small red circle at the bottom right"])["input_ids"])[0]
+    assert (h[0, 7] - h[1, 7]).norm() > 1.0  # the position tokens now give different states

@@ -9,7 +9,8 @@ def _train(args) -> None:
 
     kw = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "ckpt_every", "sample_every",
                                         "max_minutes", "warmup", "ema_decay", "init_from", "min_snr_gamma",
-                                        "high_noise_frac", "high_noise_min", "text_encoder_lr_mult") if getattr(args, k) is not None}
+                                        "high_noise_frac", "high_noise_min", "text_encoder_lr_mult",
+                                        "position_word_norm") if getattr(args, k) is not None}
     out = args.out or f"runs/{args.model}"
     print(json.dumps(train(args.model, out=out, device=args.device, resume=args.resume, **kw)))
 
@@ -52,7 +53,7 @@ def register_cli(sub) -> None:
     for name, typ in (("steps", int), ("batch", int), ("lr", float), ("seed", int), ("ckpt-every", int),
                       ("sample-every", int), ("max-minutes", float), ("warmup", int), ("ema-decay", float), ("init-from", str),
                       ("min-snr-gamma", float), ("high-noise-frac", float), ("high-noise-min", int),
-                      ("text-encoder-lr-mult", float)):
+                      ("text-encoder-lr-mult", float), ("position-word-norm", float)):
         p.add_argument(f"--{name}", type=typ, default=None)
     p.set_defaults(func=_train)
     g = sub.add_parser("generate", help="generate images with an embedded (or any registered) model")
