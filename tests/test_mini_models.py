@@ -171,3 +171,22 @@ def test_spread_word_embeddings_sets_only_those_words():
     with torch.no_grad():
         h = te(tok(["a small red circle at the top left", "a small red circle at the bottom right"])["input_ids"])[0]
     assert (h[0, 7] - h[1, 7]).norm() > 1.0  # the position tokens now give different states
+
+
+def test_word_separation_sees_position_words_move():
+    from types import SimpleNamespace
+
+    from aconvlib.mini.models import build_text_encoder
+    from aconvlib.mini.report import word_separation
+    from aconvlib.mini.tokenizer import WordTokenizer
+    from aconvlib.mini.train import POSITION_WORDS, spread_word_embeddings
+
+    torch.manual_seed(0)
+    tok = WordTokenizer.for_grammar()
+    pipe = SimpleNamespace(text_encoder=build_text_encoder(len(tok)).eval(), tokenizer=tok, device="cpu")
+    before = word_separation(pipe)
+    assert set(before) == {"size", "color", "shape", "position", "state_norm"}
+    spread_word_embeddings(pipe.text_encoder, tok, POSITION_WORDS, 10.0)
+    after = word_separation(pipe)
+    assert after["position"] > 2 * before["position"]
+    assert after["color"] == pytest.approx(before["color"], rel=1e-3)  # largest at the colour token itself

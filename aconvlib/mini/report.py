@@ -83,3 +83,29 @@ def quality_table(rows: dict[str, dict]):
             "guidance_scale", "scheduler"]
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows.values()], index=list(rows))
     return df.round(3)
+
+
+@torch.no_grad()
+def word_separation(pipe, base: str = "a large red circle at the top left") -> dict[str, float]:
+    """How far apart the text encoder's output states are for captions that differ in one attribute.
+
+    For each attribute (size, colour, shape, position) every alternative word(s) replaces the base
+    caption's (positions only by ones of the same word count), and the mean over alternatives of the largest per-token distance ``‖h − h'‖`` between
+    the two encoded captions is returned (states are final-layer-normed, norm ≈ √width). A denoiser
+    can only follow an attribute whose words move these states.
+    """
+    obj = data.parse_caption(base)[0]
+    swaps = {"size": [dict(size=i) for i in range(len(data.SIZES)) if i != obj.size],
+             "color": [dict(color=i) for i in range(len(data.COLORS)) if i != obj.color],
+             "shape": [dict(shape=i) for i in range(len(data.SHAPES)) if i != obj.shape],
+             # same number of words only ("top left" vs "bottom right"): a length change alone moves the states
+             "position": [dict(position=i) for i, p in enumerate(data.POSITIONS)
+                          if i != obj.position and len(p.split()) == len(data.POSITIONS[obj.position].split())]}
+    enc = lambda caps: pipe.text_encoder(pipe.tokenizer(caps)["input_ids"].to(pipe.device))[0].float()  # noqa: E731
+    h0 = enc([base])[0]
+    out = {}
+    for attr, alts in swaps.items():
+        caps = [data.caption([data.SceneObject(**{**obj.__dict__, **a})]) for a in alts]
+        out[attr] = (enc(caps) - h0).norm(dim=-1).amax(-1).mean().item()
+    out["state_norm"] = h0.norm(dim=-1).mean().item()
+    return out
