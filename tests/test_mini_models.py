@@ -190,3 +190,12 @@ def test_word_separation_sees_position_words_move():
     after = word_separation(pipe)
     assert after["position"] > 2 * before["position"]
     assert after["color"] == pytest.approx(before["color"], rel=1e-3)  # largest at the colour token itself
+
+
+def test_train_cli_options_are_train_config_fields():
+    from dataclasses import fields
+
+    from aconvlib.mini.cli import TRAIN_OPTIONS
+    from aconvlib.mini.train import TrainConfig
+
+    assert set(TRAIN_OPTIONS) <= {f.name for f in fields(TrainConfig)}

@@ -4,13 +4,17 @@ from __future__ import annotations
 import json
 
 
+#: TrainConfig fields settable from ``aconv train`` (flag = field with "-" for "_"), with their types
+TRAIN_OPTIONS = {"steps": int, "batch": int, "lr": float, "seed": int, "ckpt_every": int, "sample_every": int,
+                 "max_minutes": float, "warmup": int, "ema_decay": float, "init_from": str, "min_snr_gamma": float,
+                 "high_noise_frac": float, "high_noise_min": int, "text_encoder_lr_mult": float,
+                 "position_word_norm": float}
+
+
 def _train(args) -> None:
     from .train import train
 
-    kw = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "ckpt_every", "sample_every",
-                                        "max_minutes", "warmup", "ema_decay", "init_from", "min_snr_gamma",
-                                        "high_noise_frac", "high_noise_min", "text_encoder_lr_mult",
-                                        "position_word_norm") if getattr(args, k) is not None}
+    kw = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     out = args.out or f"runs/{args.model}"
     print(json.dumps(train(args.model, out=out, device=args.device, resume=args.resume, **kw)))
 
@@ -50,11 +54,8 @@ def register_cli(sub) -> None:
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt if it exists")
-    for name, typ in (("steps", int), ("batch", int), ("lr", float), ("seed", int), ("ckpt-every", int),
-                      ("sample-every", int), ("max-minutes", float), ("warmup", int), ("ema-decay", float), ("init-from", str),
-                      ("min-snr-gamma", float), ("high-noise-frac", float), ("high-noise-min", int),
-                      ("text-encoder-lr-mult", float), ("position-word-norm", float)):
-        p.add_argument(f"--{name}", type=typ, default=None)
+    for name, typ in TRAIN_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None)
     p.set_defaults(func=_train)
     g = sub.add_parser("generate", help="generate images with an embedded (or any registered) model")
     g.add_argument("--model", default="mini-sd")

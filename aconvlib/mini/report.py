@@ -1,6 +1,7 @@
 """Figures and tables of the chapter "The embedded models" (thin wrappers over data, models, evaluator)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -105,7 +106,7 @@ def word_separation(pipe, base: str = "a large red circle at the top left") -> d
     h0 = enc([base])[0]
     out = {}
     for attr, alts in swaps.items():
-        caps = [data.caption([data.SceneObject(**{**obj.__dict__, **a})]) for a in alts]
+        caps = [data.caption([dataclasses.replace(obj, **a)]) for a in alts]
         out[attr] = (enc(caps) - h0).norm(dim=-1).amax(-1).mean().item()
     out["state_norm"] = h0.norm(dim=-1).mean().item()
     return out
