@@ -6,12 +6,12 @@
 #   phase 1: DEVICE=cuda MINUTES=7.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
 #   phase 2: INIT=runs/init DEVICE=cuda MINUTES=4.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
 #            (runs/init/<model> = the phase-1 <model>/pipeline folders)
-#   phase 3 (CPU, no GPU in that session; the shipped weights): continue from the phase-2 weights with
+#   CPU experiment (a session without a GPU; NOT shipped, no gain: benchmarks/results/cpu_phase3/): from the phase-2 weights,
 #            60% of each batch at high noise (t >= 800), where only the caption can place objects:
 #     aconv train --model M --out runs/cpu/M --init-from data/models/M --batch 32 --max-minutes 80 \
 #       --lr 3e-4 --warmup 50 --seed 3 --high-noise-frac 0.6 --high-noise-min 800 --resume
 #     (mini-dit first got 300 such steps at --high-noise-frac 0.7 --high-noise-min 850, seed 2); then,
-#     from those weights (runs/init3, runs/init4 = raw weights of the stopped runs, exported from ckpt.pt):
+#     continuing from the raw (non-EMA) weights of each stopped run's ckpt.pt (exported by a one-off script):
 #     --text-encoder-lr-mult 10 --lr 2e-4 --high-noise-frac 0.5 (seed 4, stopped after ~15 min), and
 #     --position-word-norm 10 --text-encoder-lr-mult 5 --lr 2e-4 --high-noise-frac 0.5 --max-minutes 48 (seed 5)
 # A CPU run: DEVICE=cpu MINUTES=150 BATCH=32 scripts/train_mini.sh (time-fitted; ~13 s/step at batch 32

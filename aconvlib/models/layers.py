@@ -53,7 +53,6 @@ def get_denoiser(pipe_or_denoiser) -> torch.nn.Module:
                     "pass a diffusers pipeline with .unet / .transformer, or the denoiser itself")
 
 
-
 def denoiser_input(args: tuple, kwargs: dict):
     """The latent a denoiser is called with, from a forward pre-hook's (args, kwargs) (None if absent)."""
     return args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
