@@ -311,7 +311,8 @@ def read_log(path) -> list[dict]:
 
 
 def plot_distill_curves(models, smooth: int = 10):
-    """One panel per loss term (total, Min-SNR ε terms, feature term), one line per model; returns the figure."""
+    """One panel per loss term (total, Min-SNR ε terms, feature term), one line per model, dashed lines at
+    phase changes (``phase`` field of the log); returns the figure."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -323,7 +324,10 @@ def plot_distill_curves(models, smooth: int = 10):
             y = np.array([r[key] for r in log])
             k = max(1, min(smooth, len(y) // 5))
             ys = np.convolve(y, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], ys, label=model)
+            line, = ax.plot(steps[k - 1:], ys, label=model)
+            for r0, r1 in zip(log, log[1:]):  # dashed: a later phase (re-distillation after the teacher changed)
+                if r1.get("phase", 1) != r0.get("phase", 1):
+                    ax.axvline(r1["step"], ls="--", lw=1, c=line.get_color(), alpha=0.6)
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.set_yscale("log")

@@ -23,12 +23,13 @@ PY=${PY:-python3}
 mkdir -p "$RUNS" "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 common="--device $DEVICE --batch $BATCH --steps $STEPS --sample-every 1000 --ckpt-every 500"
-# INIT=folder continues from <folder>/<model> pipelines (phase 2: new data seed, lower lr); the classifier
+# INIT=folder continues from <folder>/<model> pipelines (phase 2: new data seed, lower lr; TRAIN_ARGS replaces
+# the default extra options '--min-snr-gamma 5'); the classifier
 # is then taken from CLF_DIR instead of being trained again.
 if [ -n "${INIT:-}" ]; then
   for m in mini-sd mini-dit; do
-    $PY -m aconvlib train --model $m --out $RUNS/$m --max-minutes $MINUTES --lr ${LR:-4e-4} --warmup 100 --seed 1 --min-snr-gamma 5 \
-      --init-from $INIT/$m $common --resume >$RUNS/$m.out 2>&1 &
+    $PY -m aconvlib train --model $m --out $RUNS/$m --max-minutes $MINUTES --lr ${LR:-4e-4} --warmup 100 --seed ${SEED:-1} \
+      ${TRAIN_ARGS---min-snr-gamma 5} --init-from $INIT/$m $common --resume >$RUNS/$m.out 2>&1 &
   done
   wait; mkdir -p $RUNS/classifier; cp -r ${CLF_DIR:-data/models/classifier} $RUNS/classifier/classifier
 else
