@@ -2,7 +2,8 @@
 # Train mini-sd, mini-dit and the attribute classifier concurrently (one GPU or CPU), evaluate, and pack
 # the results into $OUT (or ./runs/pack). Used for the shipped weights (see notebooks/01_embedded_models).
 #   DEVICE=cuda MINUTES=7.2 BATCH=256 scripts/train_mini.sh
-# The shipped weights came from two runs on one H100 (three processes sharing it):
+# The shipped weights came from four phases on one H100 (the processes sharing it); phases 3-4 (the
+# position fix) are in scripts/finetune_phase3.sh:
 #   phase 1: DEVICE=cuda MINUTES=7.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
 #   phase 2: INIT=runs/init DEVICE=cuda MINUTES=4.0 BATCH=256 N_EVAL=256 RUNS=/tmp/runs scripts/train_mini.sh
 #            (runs/init/<model> = the phase-1 <model>/pipeline folders)

@@ -199,3 +199,18 @@ def test_train_cli_options_are_train_config_fields():
     from aconvlib.mini.train import TrainConfig
 
     assert set(TRAIN_OPTIONS) <= {f.name for f in fields(TrainConfig)}
+
+
+def test_shipped_models_and_students_follow_held_out_prompts(mini_sd, mini_dit):
+    # the quality bar at a CPU-sized sample: the first 8 held-out prompts, default sampler. Measured on
+    # the shipped weights: 8/8 for every pipeline (the phase-2 weights before the position fix: 0/8 for both).
+    from aconvlib.convert import load_deltaconv
+    from aconvlib.distill import adapter_dir
+    from aconvlib.mini.evaluate import evaluate_model
+
+    prompts = data.prompts(8, "heldout")
+    for name, pipe in (("mini-sd", mini_sd), ("mini-dit", mini_dit)):
+        student = load_deltaconv(load_pipeline(name), adapter_dir(name) / "adapter")
+        for label, p in (("teacher", pipe), ("ΔConv student", student)):
+            res = evaluate_model(p, prompts, n_real=64)
+            assert res["prompt_adherence"] >= 6 / 8, (name, label, res)
