@@ -316,6 +316,8 @@ def plot_distill_curves(models, smooth: int = 10):
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from .plotting import mark_phase_changes
+
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for model in models:
         log = read_log(adapter_dir(model))
@@ -325,9 +327,7 @@ def plot_distill_curves(models, smooth: int = 10):
             k = max(1, min(smooth, len(y) // 5))
             ys = np.convolve(y, np.ones(k) / k, mode="valid")
             line, = ax.plot(steps[k - 1:], ys, label=model)
-            for r0, r1 in zip(log, log[1:]):  # dashed: a later phase (re-distillation after the teacher changed)
-                if r1.get("phase", 1) != r0.get("phase", 1):
-                    ax.axvline(r1["step"], ls="--", lw=1, c=line.get_color(), alpha=0.6)
+            mark_phase_changes(ax, log, c=line.get_color(), alpha=0.6)  # re-distillation after the teacher changed
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.set_yscale("log")

@@ -165,6 +165,13 @@ def plot_erf(df, title: str = "", limit: Optional[float] = None, columns: Sequen
     return fig
 
 
+def mark_phase_changes(ax, log: Sequence[dict], **line_kw) -> None:
+    """Dashed vertical line at the first step of every later training phase (``phase`` field of log records)."""
+    for r0, r1 in zip(log, log[1:]):
+        if r1.get("phase", 1) != r0.get("phase", 1):
+            ax.axvline(r1["step"], **{"ls": "--", "lw": 1, "c": "gray", **line_kw})
+
+
 def plot_image_rows(rows: dict, prompts: Sequence[str], size: float = 1.8, title: str = ""):
     """A grid of images: one row per setting (``label → uint8 [P, H, W, 3]``), one column per prompt."""
     labels = list(rows)

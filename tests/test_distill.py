@@ -106,3 +106,18 @@ def test_student_starts_from_a_saved_adapter(tmp_path):
     from aconvlib.convert import DeltaConvSelfAttention
 
     assert not any(isinstance(m, DeltaConvSelfAttention) for m in teacher.unet.modules())  # teacher untouched
+
+
+def test_phase_changes_are_marked_once_each():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aconvlib.plotting import mark_phase_changes
+
+    log = [{"step": s, "phase": p} for s, p in ((10, 1), (20, 1), (30, 2), (40, 2), (50, 3))]
+    fig, ax = plt.subplots()
+    mark_phase_changes(ax, log)
+    assert [ln.get_xdata()[0] for ln in ax.lines] == [30, 50]
+    plt.close(fig)

@@ -20,6 +20,8 @@ def plot_training_curves(names=("mini-sd", "mini-dit", "classifier"), smooth: in
     """Loss against step (moving average of ``smooth`` log points); dashed lines mark phase changes."""
     import matplotlib.pyplot as plt
 
+    from aconvlib.plotting import mark_phase_changes
+
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2))
     for ax, name in zip(axes, names):
         log = read_log(name)
@@ -31,8 +33,7 @@ def plot_training_curves(names=("mini-sd", "mini-dit", "classifier"), smooth: in
             sm = torch.nn.functional.avg_pool1d(loss[None, None], k, 1).flatten()
             ax.plot(steps, loss, alpha=0.25, lw=0.8, c="C0")
             ax.plot(steps[k - 1:], sm, lw=1.5, c="C1")
-            if phase > 1:
-                ax.axvline(part[0]["step"], ls="--", c="gray", lw=1)
+        mark_phase_changes(ax, log)
         ax.set(yscale="log", xlabel="step (batch 256)" if name != "classifier" else "step (batch 128)",
                ylabel="training loss", title=name)
     fig.tight_layout()
