@@ -293,6 +293,35 @@ def register_cli(sub) -> None:
 # ----------------------------------------------------------------------------------------------
 # shipped results of the embedded models
 # ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def prediction_gap(teacher_pipe, student_pipe, px: int = 64, timesteps=(900, 500, 100), n: int = 8,
+                   seed: int = 0) -> dict[int, float]:
+    """How far a student's denoiser prediction is from its teacher's, per timestep, at ``px``×``px``.
+
+    Both mini pipelines predict on the same noisy held-out images ``x_t`` (rendered at ``px``, the DDPM
+    forward process of the teacher's schedule, one noise draw) with the same caption states. Returns
+    ``{t: ‖ŷ_student − ŷ_teacher‖ / ‖ŷ_teacher‖}`` over the whole batch.
+    """
+    from diffusers import DDPMScheduler
+
+    from . import data
+    from .mini.models import to_latent
+
+    dev = teacher_pipe.device
+    b = data.make_batch(range(n), seed, "heldout", size=px, device=dev)
+    x0, text = to_latent(b["pixel_values"]), teacher_pipe.encode_prompt(b["captions"])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+    sched = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
+    gaps = {}
+    for t in timesteps:
+        tt = torch.full((n,), int(t), device=dev)
+        x_t = sched.add_noise(x0, noise, tt)
+        y_t = denoise(get_denoiser(teacher_pipe), x_t, tt, text)
+        y_s = denoise(get_denoiser(student_pipe), x_t, tt, text)
+        gaps[int(t)] = ((y_s - y_t).norm() / y_t.norm()).item()
+    return gaps
+
+
 def adapter_dir(model: str) -> Path:
     """Where the distilled ΔConv adapter of an embedded model ships: ``data/models/<model>-deltaconv``."""
     from .models.registry import DATA_DIR

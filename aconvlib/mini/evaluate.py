@@ -140,27 +140,28 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
 @torch.no_grad()
 def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int = 20,
                    guidance_scale: float = 4.5, seed: int = 0, batch_size: int = 64, classifier=None,
-                   n_real: int = 1000, return_images: bool = False) -> dict:
+                   n_real: int = 1000, return_images: bool = False, height: int = 64, width: int = 64) -> dict:
     """Generate one image per prompt and score it with the attribute classifier.
 
     Args:
         pipe: a :class:`~aconvlib.mini.pipeline.MiniPipeline` (or any pipeline with that convention).
         prompts: captions of the mini grammar, or an int n for the first n held-out prompts.
+        height, width: generated size in px; the classifier reads every image resized to 64×64.
 
     Returns:
         dict with ``n_prompts``, ``prompt_adherence``, per-attribute agreement (``shape``, ``color``,
         ``size``, ``position``) and ``fdd`` (Fréchet distance to ``n_real`` real held-out images);
-        plus ``images`` (N,3,64,64) in [0,1] when ``return_images``.
+        plus ``images`` (N,3,height,width) in [0,1] when ``return_images``.
     """
     if isinstance(prompts, int):
         prompts = data.prompts(prompts, "heldout")
     clf = classifier or AttributeClassifier.load()
-    dev = pipe.device if hasattr(pipe, "device") else "cpu"
     imgs = []
     for i in range(0, len(prompts), batch_size):
         g = torch.Generator("cpu").manual_seed(seed + i)
         imgs.append(pipe(prompts[i:i + batch_size], num_inference_steps=num_inference_steps,
-                         guidance_scale=guidance_scale, generator=g, output_type="pt").images.cpu().float())
+                         guidance_scale=guidance_scale, generator=g, height=height, width=width,
+                         output_type="pt").images.cpu().float())
     imgs = torch.cat(imgs)
     pred = predict(clf, imgs * 2 - 1)
     lab = data.labels([data.parse_caption(p) for p in prompts])
@@ -171,5 +172,4 @@ def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int
            "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": type(pipe.scheduler).__name__}
     if return_images:
         res["images"] = imgs
-    del dev
     return res
