@@ -35,7 +35,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,7 @@ class DistillConfig:
     log_every: int = 10
     max_minutes: float | None = None
     init_adapter: str | None = None  # start from this saved adapter (re-distillation) instead of fresh blocks
+    image_sizes: tuple[int, ...] = (64,)  # mini models: px of the batches, cycled per step (mixed resolution)
 
 
 def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -118,19 +119,22 @@ def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | 
 
 
 def mini_batches(pipe, batch: int, seed: int = 0, caption_dropout: float = 0.1, device="cpu",
-                 start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 start_step: int = 0, image_sizes: Sequence[int] = (64,)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless ``(x0 latents, text states)`` batches of the embedded dataset for a mini pipeline.
 
-    Batch ``s`` holds dataset indices ``s·B … s·B+B−1`` (deterministic, so a resumed run sees the
-    batches it had not seen yet).
+    Batch ``s`` holds dataset indices ``s·B … s·B+B−1`` rendered at ``image_sizes[s % len(image_sizes)]``
+    px (deterministic, so a resumed run sees the batches it had not seen yet).
     """
+    if not image_sizes or any(int(px) % 16 for px in image_sizes):
+        raise ValueError(f"image_sizes must be multiples of 16 px (the mini models' latent and patch), got {image_sizes!r}")
     from . import data
     from .mini.models import to_latent
 
     gen = torch.Generator("cpu").manual_seed(seed + 7)
     step = start_step
     while True:
-        b = data.make_batch(range(step * batch, (step + 1) * batch), seed, "train", device=device)
+        px = int(image_sizes[step % len(image_sizes)])
+        b = data.make_batch(range(step * batch, (step + 1) * batch), seed, "train", size=px, device=device)
         drop = (torch.rand(batch, generator=gen) < caption_dropout).tolist()
         caps = ["" if d else c for c, d in zip(b["captions"], drop)]
         with torch.no_grad():
@@ -261,7 +265,8 @@ def distill_mini(model: str = "mini-sd", out="runs/distill-mini-sd", device="cpu
     cfg = DistillConfig(**overrides)
     teacher = load_pipeline(model, device=device)
     student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter)
-    batches = lambda start: mini_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, device, start)  # noqa: E731
+    batches = lambda start: mini_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, device, start,  # noqa: E731
+                                         cfg.image_sizes)
     return Distiller(teacher, student, batches, cfg, out, device, resume, quiet).run()
 
 
@@ -279,12 +284,14 @@ def register_cli(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
     p.add_argument("--init-adapter", default=None, help="start from this saved adapter folder (re-distillation)")
+    p.add_argument("--image-sizes", default="64", help="px of the training batches, comma-separated, cycled per step")
 
     def run(a):
         ks = int(a.kernel_sizes) if str(a.kernel_sizes).isdigit() else a.kernel_sizes
         summary = distill_mini(a.model, a.out or f"runs/distill-{a.model}", a.device, a.resume, steps=a.steps,
                                batch=a.batch, lr=a.lr, feature_weight=a.feature_weight, kernel_sizes=ks,
-                               max_minutes=a.max_minutes, seed=a.seed, init_adapter=a.init_adapter)
+                               max_minutes=a.max_minutes, seed=a.seed, init_adapter=a.init_adapter,
+                               image_sizes=tuple(int(v) for v in a.image_sizes.split(",")))
         print(json.dumps(summary))
 
     p.set_defaults(func=run)

@@ -137,3 +137,14 @@ def test_prediction_gap_is_zero_for_the_teacher_itself_and_grows_off_resolution(
     # measured 0.07 at 64 px and 1.33 at 128 px (t = 900, 4 held-out images): the distilled student
     # stays close at its training size and its high-noise (layout) prediction breaks at 128 px (chapter 7)
     assert 0 < native < 0.5 and larger > 2 * native
+
+
+def test_mini_batches_cycle_image_sizes_by_step():
+    pipe = _tiny_pipe()
+    it = mini_batches(pipe, 2, image_sizes=(64, 128))
+    shapes = [tuple(next(it)[0].shape[-2:]) for _ in range(3)]
+    assert shapes == [(32, 32), (64, 64), (32, 32)]  # latents: pixel-unshuffle by 2
+    x_resumed = next(mini_batches(pipe, 2, start_step=1, image_sizes=(64, 128)))[0]
+    assert x_resumed.shape[-1] == 64  # step 1 is a 128 px batch also after a resume
+    with pytest.raises(ValueError, match="multiples of 16"):
+        next(mini_batches(pipe, 2, image_sizes=(64, 100)))
