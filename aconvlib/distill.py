@@ -319,12 +319,12 @@ def prediction_gap(teacher_pipe, student_pipe, px: int = 64, timesteps=(900, 500
     x0, text = to_latent(b["pixel_values"]), teacher_pipe.encode_prompt(b["captions"])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
     sched = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
+    teacher, student = get_denoiser(teacher_pipe), get_denoiser(student_pipe)
     gaps = {}
     for t in timesteps:
         tt = torch.full((n,), int(t), device=dev)
         x_t = sched.add_noise(x0, noise, tt)
-        y_t = denoise(get_denoiser(teacher_pipe), x_t, tt, text)
-        y_s = denoise(get_denoiser(student_pipe), x_t, tt, text)
+        y_t, y_s = denoise(teacher, x_t, tt, text), denoise(student, x_t, tt, text)
         gaps[int(t)] = ((y_s - y_t).norm() / y_t.norm()).item()
     return gaps
 
