@@ -2,7 +2,8 @@
 #   make book   set up .venv if needed, execute every chapter (smoke profile, embedded models)
 #               with papermill, build the offline HTML book into book/_build/html
 #   make test   set up .venv if needed, then everything CI checks: the chapters + book build +
-#               offline check, then the unit tests
+#               offline check, the non-editable install check, then every test (slow ones included)
+#   make unit   the fast tests only (pytest's default deselects those marked slow)
 # Both are idempotent: the environment is installed once (stamp file) and reused.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -33,7 +34,8 @@ unit: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/aconv book --profile smoke
-	$(BIN)/python -m pytest -q tests
+	bash scripts/check_install.sh
+	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 
 clean-book:
 	rm -rf book/_build book/chapters

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from aconvlib import locality as L
-from aconvlib.attention import capture_self_attention
+from aconvlib.analysis import locality as L
+from aconvlib.analysis.capture import capture_self_attention
 
 
 def _reset_peak(device):
@@ -124,7 +124,7 @@ def bench_sd15(device, dtype, calls: int, px: int = 512, repeats: int = 2) -> di
 
 def bench_mini(model, device, dtype, n_prompts: int, steps: int, repeats: int = 2) -> dict:
     from aconvlib.models import MissingWeightsError, UnknownModelError
-    from aconvlib.studies import default_prompts, load_study_pipeline
+    from aconvlib.book.studies import default_prompts, load_study_pipeline
 
     try:
         pipe, weights = load_study_pipeline(model, device, dtype, "trained"), "trained"

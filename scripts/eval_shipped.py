@@ -10,11 +10,11 @@ student; also records the text encoder's word separation (chapter 1's diagnosis)
 import argparse
 import json
 
-from aconvlib import data
-from aconvlib.convert import load_deltaconv
-from aconvlib.distill import adapter_dir
+from aconvlib.mini import dataset as data
+from aconvlib.mixers.convert import load_deltaconv
+from aconvlib.mini import adapter_dir
 from aconvlib.mini.evaluate import AttributeClassifier, evaluate_model
-from aconvlib.mini.report import word_separation
+from aconvlib.book.training_report import word_separation
 from aconvlib.models.registry import load_pipeline
 
 

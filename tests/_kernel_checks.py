@@ -14,9 +14,9 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aconvlib.blocks import DeltaConvBlock  # noqa: E402
-from aconvlib.kernels import reference as R  # noqa: E402
-from aconvlib.kernels import triton_ops as T  # noqa: E402
+from aconvlib.mixers.deltaconv import DeltaConvBlock  # noqa: E402
+from aconvlib.mixers.kernels import reference as R  # noqa: E402
+from aconvlib.mixers.kernels import triton_ops as T  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}  # relative to max |reference|
 

@@ -1,28 +1,10 @@
-"""aconvlib.attention: captured maps equal softmax(QKᵀ/√d) from each layer's own projections."""
+"""aconvlib.analysis.capture: captured maps equal softmax(QKᵀ/√d) from each layer's own projections."""
 import pytest
 import torch
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
-from aconvlib.attention import MemoryBudgetError, capture_self_attention
+from aconvlib.analysis.capture import MemoryBudgetError, capture_self_attention
 from aconvlib.models import self_attention_layers
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
-        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8).eval()
-
-
-@pytest.fixture(scope="module")
-def pixart():
-    torch.manual_seed(0)
-    return PixArtTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
-        patch_size=2, cross_attention_dim=16, caption_channels=16, norm_type="ada_norm_single",
-        use_additional_conditions=False).eval()
 
 
 def call(model, x, t, text):
@@ -153,7 +135,7 @@ def test_memory_budget_error_before_any_work(unet):
 
 
 def test_sd15_at_512_fits_the_budget():
-    from aconvlib.attention import AttentionCapture
+    from aconvlib.analysis.capture import AttentionCapture
     from aconvlib.models import load_denoiser
 
     sd = load_denoiser("sd15", weights=False, device="meta")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from aconvlib.blocks import DeltaConvBlock, receptive_field, stage_grid
+from aconvlib.mixers.deltaconv import DeltaConvBlock, receptive_field, stage_grid
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (7, 5), (1, 6), (9, 3), (2, 2)])
@@ -36,7 +36,7 @@ def test_layout_and_parameters():
     assert [tuple(s.weight.shape) for s in blk.stages] == [(9, 9, 32)] * 2
     n = 64 * 32 + 32 + 2 * 81 * 32 + 32 * 64 + 64 + 64 * 64 + 64
     assert sum(p.numel() for p in blk.parameters()) == n
-    from aconvlib.flops import deltaconv_params
+    from aconvlib.mixers.flops import deltaconv_params
 
     assert deltaconv_params(64, 9) == n
 

@@ -5,7 +5,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from aconvlib.book import (ChapterError, check_offline, execute_chapter, external_resources, load_profile,
+from aconvlib.book.runner import (ChapterError, check_offline, execute_chapter, external_resources, load_profile,
                            select_chapters)
 
 
@@ -34,15 +34,37 @@ def test_profiles_merge_defaults_and_chapter_overrides(profiles):
 
 
 def test_repository_profiles_cover_every_chapter():
+    import papermill
+    import yaml
+
+    from aconvlib.book.runner import profiles_file
+
+    profiles = yaml.safe_load(profiles_file().read_text())
+    chapters = select_chapters(None)
+    assert len(chapters) >= 8
     for prof in ("smoke", "full"):
-        for ch in select_chapters(None):
+        # every chapter has its own entry (not only the defaults), and every key is a declared parameter
+        assert set(profiles[prof]["chapters"]) == {ch.stem for ch in chapters}, prof
+        for ch in chapters:
+            declared = set(papermill.inspect_notebook(str(ch)))
             params = load_profile(prof, ch.stem)
             assert {"device", "seed", "output_dir"} <= set(params), (prof, ch.stem)
+            assert set(params) <= declared, (prof, ch.stem, set(params) - declared)
+
+
+def test_undeclared_parameters_are_errors(tmp_path, profiles):
+    src = _notebook(tmp_path / "99_ok.ipynb", "assert y == 6, y")
+    with pytest.raises(ChapterError, match="declares no parameter model"):
+        execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_path=profiles, extra={"model": "sd15"})
+    bad = tmp_path / "bad.yml"
+    bad.write_text("smoke:\n  defaults: {x: 2, typo_key: 1}\n")
+    with pytest.raises(ChapterError, match="typo_key"):
+        execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_path=bad)
 
 
 def test_chapter_executes_with_profile_parameters(tmp_path, profiles):
     src = _notebook(tmp_path / "99_ok.ipynb", "assert y == 6, y")
-    out = execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_file=profiles)
+    out = execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_path=profiles)
     nb = nbformat.read(out, 4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
 
@@ -50,7 +72,7 @@ def test_chapter_executes_with_profile_parameters(tmp_path, profiles):
 def test_broken_chapter_fails_loudly_with_name_and_cell(tmp_path, profiles):
     src = _notebook(tmp_path / "99_broken.ipynb", "raise ValueError('boom in chapter')")
     with pytest.raises(ChapterError) as e:
-        execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_file=profiles)
+        execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_path=profiles)
     msg = str(e.value)
     assert "99_broken" in msg and "ValueError" in msg and "boom in chapter" in msg and "cell" in msg
 
@@ -77,4 +99,6 @@ def test_cli_lists_models(capsys):
     from aconvlib.cli import main
     assert main(["models"]) == 0
     assert "sd15" in capsys.readouterr().out
-    assert main(["layers", "no-such-model"]) == 1
+    with pytest.raises(SystemExit) as e:  # argparse usage error: one line, exit 2
+        main(["layers", "no-such-model"])
+    assert e.value.code == 2

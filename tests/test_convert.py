@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from aconvlib.blocks import DeltaConvBlock
-from aconvlib.convert import (DeltaConvAdapter, DeltaConvSelfAttention, deltaconv_layers, get_adapter, latent_size,
+from aconvlib.mixers.deltaconv import DeltaConvBlock
+from aconvlib.mixers.convert import (DeltaConvAdapter, DeltaConvSelfAttention, deltaconv_layers, get_adapter, latent_size,
                               load_deltaconv, resolve_kernel_sizes, save_deltaconv, to_deltaconv)
 from aconvlib.models import self_attention_layers
 

@@ -1,7 +1,7 @@
 """The procedural dataset and the word tokenizer."""
 import torch
 
-from aconvlib import data
+from aconvlib.mini import dataset as data
 from aconvlib.mini.tokenizer import WordTokenizer
 
 

@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
-from aconvlib.convert import get_adapter
-from aconvlib.distill import Distiller, DistillConfig, make_student, min_snr_weight, mini_batches, to_epsilon
+from aconvlib.mixers.convert import get_adapter
+from aconvlib.mini import distill_batches as mini_batches
+from aconvlib.training.distill import Distiller, DistillConfig, make_student, min_snr_weight, to_epsilon
 
 
 def _tiny_pipe():
@@ -90,7 +91,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_student_starts_from_a_saved_adapter(tmp_path):
-    from aconvlib.convert import save_deltaconv
+    from aconvlib.mixers.convert import save_deltaconv
 
     teacher = _tiny_pipe()
     first = make_student(teacher, seed=3)
@@ -103,7 +104,7 @@ def test_student_starts_from_a_saved_adapter(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     trainable = {n for n, p in again.unet.named_parameters() if p.requires_grad}
     assert trainable and all("block" in n for n in trainable)
-    from aconvlib.convert import DeltaConvSelfAttention
+    from aconvlib.mixers.convert import DeltaConvSelfAttention
 
     assert not any(isinstance(m, DeltaConvSelfAttention) for m in teacher.unet.modules())  # teacher untouched
 
@@ -114,7 +115,7 @@ def test_phase_changes_are_marked_once_each():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aconvlib.plotting import mark_phase_changes
+    from aconvlib.book.plotting import mark_phase_changes
 
     log = [{"step": s, "phase": p} for s, p in ((10, 1), (20, 1), (30, 2), (40, 2), (50, 3))]
     fig, ax = plt.subplots()
@@ -124,8 +125,8 @@ def test_phase_changes_are_marked_once_each():
 
 
 def test_prediction_gap_is_zero_for_the_teacher_itself_and_grows_off_resolution():
-    from aconvlib.convert import load_deltaconv
-    from aconvlib.distill import adapter_dir, prediction_gap
+    from aconvlib.mixers.convert import load_deltaconv
+    from aconvlib.mini import adapter_dir, mini_prediction_gap as prediction_gap
     from aconvlib.models import load_pipeline
 
     teacher = load_pipeline("mini-dit")

@@ -1,6 +1,6 @@
 import pytest
 
-from aconvlib.flops import attention_flops, flops_vs_resolution, self_attention_table
+from aconvlib.mixers.flops import attention_flops, flops_vs_resolution, self_attention_table
 
 
 def test_attention_flops_formula_known_values():
@@ -40,7 +40,7 @@ def test_flops_vs_resolution_non_square():
 
 def test_paper_table1_self_attention_row_is_reproduced():
     """The paper's Table 1 self-attention row = one module, batch 2, 2 FLOPs per MAC (within 0.5%)."""
-    from aconvlib.flops import table1_comparison
+    from aconvlib.mixers.flops import table1_comparison
 
     t = table1_comparison()
     assert len(t) == 12

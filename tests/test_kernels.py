@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aconvlib import kernels
-from aconvlib.kernels import reference as R
+from aconvlib.mixers import kernels
+from aconvlib.mixers.kernels import reference as R
 
 HERE = Path(__file__).resolve().parent
 # don't import triton here: the interpreter run needs a process where TRITON_INTERPRET precedes it
@@ -97,7 +97,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("hw,k", [((45, 31), 13), ((16, 12), 9)])
 def test_cuda_ops_match_torch(dtype, tol, hw, k):
-    from aconvlib.kernels import triton_ops as T
+    from aconvlib.mixers.kernels import triton_ops as T
 
     torch.manual_seed(0)
     c = 160
@@ -122,7 +122,7 @@ def test_cuda_ops_match_torch(dtype, tol, hw, k):
 @cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
 def test_cuda_block_auto_uses_triton_and_matches(dtype, tol):
-    from aconvlib.blocks import DeltaConvBlock
+    from aconvlib.mixers.deltaconv import DeltaConvBlock
 
     torch.manual_seed(0)
     blk = DeltaConvBlock(320, 9).cuda().to(dtype)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from aconvlib import locality as L
+from aconvlib.analysis import locality as L
 
 
 def grid_coords(grid):

@@ -4,9 +4,11 @@ import json
 import pytest
 import torch
 
-from aconvlib import data
+from aconvlib.mini import dataset as data
 from aconvlib.models import get_spec, load_denoiser, load_pipeline, self_attention_layers
-from aconvlib.mini import MODELS_DIR
+from aconvlib.models import models_dir
+
+MODELS_DIR = models_dir()
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +72,16 @@ def test_generate_cli(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    from aconvlib.mini.train import TrainConfig, Trainer
+    from aconvlib.mini.train import TRAINERS, TrainConfig
 
     # the classifier is the tiny config; checkpoint, generator, schedule and EMA code is shared
     kw = dict(model="classifier", steps=8, batch=4, warmup=2, ckpt_every=4, sample_every=0, log_every=1,
               eval_images=16)
-    full = Trainer(TrainConfig(**kw), tmp_path / "a", quiet=True)
+    full = TRAINERS[kw["model"]](TrainConfig(**kw), tmp_path / "a", quiet=True)
     full.run(stop_at=8)
-    part = Trainer(TrainConfig(**kw), tmp_path / "b", quiet=True)
+    part = TRAINERS[kw["model"]](TrainConfig(**kw), tmp_path / "b", quiet=True)
     part.run(stop_at=4)  # "killed" after the step-4 checkpoint
-    resumed = Trainer(TrainConfig(**kw), tmp_path / "b", resume=True, quiet=True)
+    resumed = TRAINERS[kw["model"]](TrainConfig(**kw), tmp_path / "b", resume=True, quiet=True)
     assert resumed.step == 4 and resumed.opt.state[resumed.params[0]]["step"] == 4
     resumed.run()
     assert resumed.step == 8
@@ -87,19 +89,19 @@ def test_resume_equals_uninterrupted(tmp_path):
         assert torch.allclose(p, q, atol=1e-6)
     for p, q in zip(full.ema, resumed.ema):
         assert torch.allclose(p, q, atol=1e-6)
-    assert not torch.allclose(full.ema[0], Trainer(TrainConfig(**kw), tmp_path / "c", quiet=True).ema[0])
+    assert not torch.allclose(full.ema[0], TRAINERS[kw["model"]](TrainConfig(**kw), tmp_path / "c", quiet=True).ema[0])
     assert (tmp_path / "b" / "classifier" / "model.safetensors").exists()
     steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "train_log.jsonl") if '"loss"' in l]
     assert steps == list(range(1, 9))
 
 
 def test_denoiser_training_step_and_resume(tmp_path):
-    from aconvlib.mini.train import TrainConfig, Trainer
+    from aconvlib.mini.train import TRAINERS, TrainConfig
 
     kw = dict(model="mini-dit", steps=2, batch=2, warmup=1, ckpt_every=1, sample_every=0, log_every=1)
-    tr = Trainer(TrainConfig(**kw), tmp_path, quiet=True)
+    tr = TRAINERS[kw["model"]](TrainConfig(**kw), tmp_path, quiet=True)
     tr.run(stop_at=1)
-    resumed = Trainer(TrainConfig(**kw), tmp_path, resume=True, quiet=True)
+    resumed = TRAINERS[kw["model"]](TrainConfig(**kw), tmp_path, resume=True, quiet=True)
     assert resumed.step == 1 and torch.equal(resumed.gen.get_state(), tr.gen.get_state())
     assert all(torch.equal(p, q) for p, q in zip(tr.params, resumed.params))
     summary = resumed.run()
@@ -141,11 +143,11 @@ def test_high_noise_timestep_share():
 
 
 def test_text_encoder_lr_multiplier(tmp_path):
-    from aconvlib.mini.train import TrainConfig, Trainer
+    from aconvlib.mini.train import TRAINERS, TrainConfig
 
     cfg = TrainConfig(model="mini-dit", steps=1, batch=2, warmup=1, sample_every=0, log_every=1,
                       text_encoder_lr_mult=10.0)
-    tr = Trainer(cfg, tmp_path, quiet=True)
+    tr = TRAINERS[cfg.model](cfg, tmp_path, quiet=True)
     tr.run(stop_at=1)
     groups = {len(g["params"]): g["lr"] for g in tr.opt.param_groups}
     n_text = len(list(tr.modules["text_encoder"].parameters()))
@@ -177,7 +179,7 @@ def test_word_separation_sees_position_words_move():
     from types import SimpleNamespace
 
     from aconvlib.mini.models import build_text_encoder
-    from aconvlib.mini.report import word_separation
+    from aconvlib.book.training_report import word_separation
     from aconvlib.mini.tokenizer import WordTokenizer
     from aconvlib.mini.train import POSITION_WORDS, spread_word_embeddings
 
@@ -192,20 +194,26 @@ def test_word_separation_sees_position_words_move():
     assert after["color"] == pytest.approx(before["color"], rel=1e-3)  # largest at the colour token itself
 
 
-def test_train_cli_options_are_train_config_fields():
+def test_train_and_distill_flags_are_generated_from_their_configs():
     from dataclasses import fields
 
-    from aconvlib.mini.cli import TRAIN_OPTIONS
+    from aconvlib.cli import build_parser
     from aconvlib.mini.train import TrainConfig
+    from aconvlib.training.distill import DistillConfig
 
-    assert set(TRAIN_OPTIONS) <= {f.name for f in fields(TrainConfig)}
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for cmd, cls, skip in (("train", TrainConfig, {"model", "total_steps"}), ("distill", DistillConfig, set())):
+        dests = {a.dest for a in sub[cmd]._actions}
+        assert {f.name for f in fields(cls)} - skip <= dests, cmd
+    args = sub["distill"].parse_args(["--image-sizes", "64,128", "--kernel-sizes", "9", "--betas", "0.8,0.9"])
+    assert args.image_sizes == (64, 128) and args.kernel_sizes == 9 and args.betas == (0.8, 0.9)
 
 
 def test_shipped_models_and_students_follow_held_out_prompts(mini_sd, mini_dit):
     # the quality bar at a CPU-sized sample: the first 8 held-out prompts, default sampler. Measured on
     # the shipped weights: 8/8 for every pipeline (the phase-2 weights before the position fix: 0/8 for both).
-    from aconvlib.convert import load_deltaconv
-    from aconvlib.distill import adapter_dir
+    from aconvlib.mixers.convert import load_deltaconv
+    from aconvlib.mini import adapter_dir
     from aconvlib.mini.evaluate import evaluate_model
 
     prompts = data.prompts(8, "heldout")

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
-from aconvlib.natten_swap import clip_kernel, natten_available, neighborhood_attention, neighborhood_mask
+from aconvlib.mixers.neighborhood import clip_kernel, natten_available, neighborhood_attention, neighborhood_mask
 
 
 def test_mask_shifts_border_windows():

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from aconvlib.studies import analyze_study, capture_study, layer_label
+from aconvlib.book.studies import analyze_study, capture_study, layer_label
 
 
 def test_capture_study_caches_and_analyzes(tmp_path):

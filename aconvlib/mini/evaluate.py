@@ -20,11 +20,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aconvlib import data
+from ..models import models_dir
+from . import dataset as data
 
 CELLS = 9
 N_SHAPE, N_COLOR, N_SIZE = len(data.SHAPES) + 1, len(data.COLORS), len(data.SIZES)
-CLASSIFIER_DIR = Path(__file__).resolve().parents[2] / "data" / "models" / "classifier"
+
+
+def classifier_dir() -> Path:
+    """Where the trained attribute classifier ships (package data)."""
+    return models_dir() / "classifier"
 
 
 def _block(cin, cout, stride=1):
@@ -61,7 +66,7 @@ class AttributeClassifier(nn.Module):
         return sum(F.cross_entropy(out[k].flatten(0, 1).float(), batch[k].flatten(), ignore_index=-100)
                    for k in ("shape", "color", "size"))
 
-    def save(self, path=CLASSIFIER_DIR) -> None:
+    def save(self, path) -> None:
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -71,10 +76,10 @@ class AttributeClassifier(nn.Module):
         (path / "config.json").write_text(json.dumps(self.config, indent=1))
 
     @classmethod
-    def load(cls, path=CLASSIFIER_DIR, device="cpu") -> "AttributeClassifier":
+    def load(cls, path=None, device="cpu") -> "AttributeClassifier":
         from safetensors.torch import load_file
 
-        path = Path(path)
+        path = Path(path) if path is not None else classifier_dir()
         m = cls(**json.loads((path / "config.json").read_text()))
         m.load_state_dict({k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()})
         return m.to(device).eval()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.layers import denoise  # noqa: F401  (re-exported: the pipeline and trainer call it from here)
+from ..models import denoise  # noqa: F401  (re-exported: the pipeline and trainer call it from here)
 
 LATENT_FACTOR = 2
 LATENT_CHANNELS = 12

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models import family_of, get_family
 from .models import LATENT_CHANNELS, LATENT_FACTOR, denoise, from_latent
 from .tokenizer import WordTokenizer
 
@@ -31,8 +32,9 @@ class MiniPipeline:
     """Text → 64×64 image pipeline over a fixed pixel-unshuffle latent (see :mod:`aconvlib.mini.models`)."""
 
     def __init__(self, denoiser, text_encoder, tokenizer: WordTokenizer, scheduler):
-        self.family = "dit" if type(denoiser).__name__ == "PixArtTransformer2DModel" else "unet"
-        self.denoiser_name = "transformer" if self.family == "dit" else "unet"
+        fam = family_of(denoiser)
+        self.family = fam.name
+        self.denoiser_name = fam.pipeline_attr
         setattr(self, self.denoiser_name, denoiser)
         self.text_encoder, self.tokenizer, self.scheduler = text_encoder, tokenizer, scheduler
         self.vae_scale_factor = LATENT_FACTOR
@@ -81,14 +83,12 @@ class MiniPipeline:
     @classmethod
     def from_pretrained(cls, path, device="cpu", dtype: torch.dtype = torch.float32) -> "MiniPipeline":
         """Load a saved pipeline (offline; no hub access)."""
-        from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel, UNet2DConditionModel
+        from diffusers import DPMSolverMultistepScheduler
         from transformers import CLIPTextModel
 
         path = Path(path)
-        if (path / "transformer").is_dir():
-            den = PixArtTransformer2DModel.from_pretrained(path / "transformer", torch_dtype=dtype)
-        else:
-            den = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
+        fam = get_family("dit" if (path / "transformer").is_dir() else "unet")
+        den = fam.model_class().from_pretrained(path / fam.pipeline_attr, torch_dtype=dtype)
         te = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dtype)
         sched = DPMSolverMultistepScheduler.from_pretrained(path / "scheduler")
         return cls(den.eval(), te.eval(), WordTokenizer.from_pretrained(path / "tokenizer"), sched).to(device)

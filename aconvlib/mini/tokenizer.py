@@ -24,8 +24,8 @@ class WordTokenizer:
 
     @classmethod
     def for_grammar(cls, model_max_length: int = 24) -> "WordTokenizer":
-        """The tokenizer of :mod:`aconvlib.data`'s caption grammar."""
-        from aconvlib.data import vocabulary
+        """The tokenizer of :mod:`aconvlib.mini.dataset`'s caption grammar."""
+        from .dataset import vocabulary
 
         return cls(vocabulary(), model_max_length)
 

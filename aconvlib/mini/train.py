@@ -9,6 +9,10 @@ checkpoint continues exactly where it stopped. Checkpoints (``ckpt.pt``: weights
 step, generator state) are written atomically; losses go to ``train_log.jsonl``; sample grids to
 ``samples_<step>.png``; the final EMA pipeline to ``<out>/pipeline`` (or ``<out>/classifier``).
 
+Runs are tasks of :class:`aconvlib.training.loop.RunLoop` (one loop for training and distillation):
+:class:`DenoiserTrainer` for ``mini-sd`` / ``mini-dit`` and :class:`ClassifierTrainer` for the
+evaluator's classifier share :class:`Trainer` (EMA, schedule, checkpoint state).
+
 ``max_minutes`` bounds the wall-clock time: at step 70 the run measures its speed (steps 20-70), fits the
 schedule's total steps into the budget (recorded in the checkpoint) and stops there, saving itself.
 """
@@ -17,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aconvlib import data
+from ..training.loop import RunLoop
+from . import dataset as data
 
 FAMILY = {"mini-sd": "unet", "mini-dit": "dit"}
 SAMPLE_PROMPTS = [
@@ -63,6 +67,27 @@ class TrainConfig:
     text_encoder_lr_mult: float = 1.0  # the text encoder's lr = lr × this (position words need to move)
     position_word_norm: float | None = None  # re-initialise the position words' embeddings (see below)
     total_steps: int | None = field(default=None)  # schedule length; fixed at start or fitted to the budget
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field (called on construction, before any work)."""
+        if self.model not in ("mini-sd", "mini-dit", "classifier"):
+            raise ValueError(f"unknown model {self.model!r}: choose mini-sd, mini-dit or classifier")
+        for name in ("steps", "batch", "ckpt_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup < 0 or self.sample_every < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"lr must be > 0, warmup and sample_every >= 0, ema_decay in [0, 1); got "
+                             f"{self.lr}, {self.warmup}, {self.sample_every}, {self.ema_decay}")
+        if not 0.0 <= self.caption_dropout <= 1.0 or not 0.0 <= self.high_noise_frac <= 1.0:
+            raise ValueError(f"caption_dropout and high_noise_frac must be in [0, 1], got "
+                             f"{self.caption_dropout}, {self.high_noise_frac}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.init_from is not None and not Path(self.init_from).is_dir():
+            raise FileNotFoundError(f"init_from: no pipeline folder at {self.init_from}")
 
 
 POSITION_WORDS = ("top", "bottom", "left", "right", "center")
@@ -109,18 +134,19 @@ def sample_timesteps(n: int, num_train_timesteps: int, generator: torch.Generato
     return t
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class Trainer(RunLoop):
+    """One training run in ``out``; ``run()`` trains (resuming when asked) and exports the result.
 
-
-class Trainer:
-    """One training run in ``out``; ``run()`` trains (resuming when asked) and exports the result."""
+    Subclasses build ``self.modules`` (name → module) in :meth:`build`, compute the loss of one
+    batch in :meth:`loss` and write the result in :meth:`export`.
+    """
 
     def __init__(self, cfg: TrainConfig, out, device="cpu", resume: bool = False, quiet: bool = False):
-        self.cfg, self.out, self.device, self.quiet = cfg, Path(out), torch.device(device), quiet
-        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {cfg.batch}")
+        super().__init__(out, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
+                         max_minutes=cfg.max_minutes, desc=cfg.model, quiet=quiet)
+        self.cfg, self.device = cfg, torch.device(device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
@@ -133,22 +159,115 @@ class Trainer:
             [{"params": list(m.parameters()), "lr_mult": cfg.text_encoder_lr_mult if k == "text_encoder" else 1.0}
              for k, m in self.modules.items()], lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
-        self.step = 0
         if cfg.total_steps is None and cfg.max_minutes is None:
             cfg.total_steps = cfg.steps
-        if resume and (self.out / "ckpt.pt").exists():
-            self.load(self.out / "ckpt.pt")
+        if resume:
+            self.resume_from_checkpoint()
+        self._t20: float | None = None
 
-    # -- model-specific ------------------------------------------------------------------------------
+    # -- the task ------------------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def loss(self, step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self) -> None:
+        """Write a sample grid (denoisers only)."""
+
+    def export(self) -> Path:
+        raise NotImplementedError
+
+    def ema_modules(self) -> dict:
+        """Copies of the modules holding the EMA weights (eval mode)."""
+        mods = {k: copy.deepcopy(m) for k, m in self.modules.items()}
+        ps = [p for m in mods.values() for p in m.parameters()]
+        with torch.no_grad():
+            for p, e in zip(ps, self.ema):
+                p.copy_(e)
+        return {k: m.eval() for k, m in mods.items()}
+
+    # -- RunLoop ----------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    def total_steps(self) -> int:
+        return self.cfg.total_steps or self.cfg.steps
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        cfg, dev = self.cfg, self.device
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * g["lr_mult"] * lr_factor(self.step, cfg.warmup, self.total_steps())
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast(
+            "cpu", enabled=False)
+        with autocast:
+            loss = self.loss(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        d = min(cfg.ema_decay, (2 + self.step) / (11 + self.step))  # (1 + s) / (10 + s) after the increment
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params], 1 - d)
+        return {"loss": loss.detach().float()}
+
+    def after_step(self) -> None:
+        cfg = self.cfg
+        if self.deadline and cfg.total_steps is None and self.step == 20:
+            self._t20 = time.time()
+        if self.deadline and cfg.total_steps is None and self.step == 70:
+            rate = (time.time() - self._t20) / 50  # s/step once warm
+            cfg.total_steps = min(cfg.steps, int(70 + 0.96 * (self.deadline - time.time()) / rate))
+            self.write_config()
+        if cfg.sample_every and self.step % cfg.sample_every == 0:
+            self.sample()
+
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train until the schedule ends (or ``stop_at`` steps, or the time budget); export; return a summary."""
+        for m in self.modules.values():
+            m.train()
+        return super().run(stop_at)
+
+    def finish(self, summary: dict) -> dict:
+        cfg = self.cfg
+        if cfg.total_steps is None:
+            cfg.total_steps = self.step
+            self.save()
+        done = self.step >= self.total_steps()
+        summary = {"model": cfg.model, **summary, "finished": done}
+        if done or self.deadline:
+            if cfg.sample_every:
+                self.sample()
+            summary["export"] = str(self.export())
+        return summary
+
+    def state(self) -> dict:
+        return {"config": asdict(self.cfg), "step": self.step,
+                "modules": {k: m.state_dict() for k, m in self.modules.items()},
+                "ema": self.ema, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state()}
+
+    def load_state(self, s: dict) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(s["modules"][k])
+        with torch.no_grad():
+            for e, v in zip(self.ema, s["ema"]):
+                e.copy_(v)
+        self.opt.load_state_dict(s["optimizer"])
+        self.gen.set_state(s["generator"].cpu())
+        self.step = s["step"]
+        self.cfg.total_steps = s["config"]["total_steps"]
+
+
+class DenoiserTrainer(Trainer):
+    """Joint training of an embedded denoiser (``mini-sd`` / ``mini-dit``) and its text encoder."""
+
     def build(self) -> None:
         from .models import build_denoiser, build_text_encoder, make_scheduler
         from .tokenizer import WordTokenizer
 
-        if self.cfg.model == "classifier":
-            from .evaluate import AttributeClassifier
-
-            self.modules = {"classifier": AttributeClassifier().to(self.device)}
-            return
         self.tokenizer = WordTokenizer.for_grammar()
         self.modules = {FAMILY[self.cfg.model]: build_denoiser(FAMILY[self.cfg.model]).to(self.device),
                         "text_encoder": build_text_encoder(len(self.tokenizer)).to(self.device)}
@@ -169,16 +288,10 @@ class Trainer:
             m.load_state_dict({k: v.float() for k, v in load_file(str(f)).items()})
 
     def loss(self, step: int) -> torch.Tensor:
-        cfg, dev = self.cfg, self.device
-        idx = range(step * cfg.batch, (step + 1) * cfg.batch)
-        if cfg.model == "classifier":
-            b = data.make_batch(idx, cfg.seed, "all", device=dev)
-            x = b["pixel_values"]
-            x = x + 0.03 * torch.randn(x.shape, generator=self.gen, device=dev)  # robustness to sampler noise
-            return self.modules["classifier"].loss(x, b)
         from .models import denoise, to_latent
 
-        b = data.make_batch(idx, cfg.seed, "train", device=dev)
+        cfg, dev = self.cfg, self.device
+        b = data.make_batch(range(step * cfg.batch, (step + 1) * cfg.batch), cfg.seed, "train", device=dev)
         x0 = to_latent(b["pixel_values"])
         B = x0.shape[0]
         drop = torch.rand(B, generator=self.gen, device=dev) < cfg.caption_dropout
@@ -197,15 +310,6 @@ class Trainer:
         w = snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)  # min-SNR-γ weight for v-prediction
         return (w * (pred.float() - target).square().mean((1, 2, 3))).mean()
 
-    def ema_modules(self) -> dict:
-        """Copies of the modules holding the EMA weights (eval mode)."""
-        mods = {k: copy.deepcopy(m) for k, m in self.modules.items()}
-        ps = [p for m in mods.values() for p in m.parameters()]
-        with torch.no_grad():
-            for p, e in zip(ps, self.ema):
-                p.copy_(e)
-        return {k: m.eval() for k, m in mods.items()}
-
     def pipeline(self):
         from .models import make_scheduler
         from .pipeline import MiniPipeline
@@ -214,122 +318,50 @@ class Trainer:
         return MiniPipeline(m[FAMILY[self.cfg.model]], m["text_encoder"], self.tokenizer, make_scheduler("dpm"))
 
     def sample(self) -> None:
-        if self.cfg.model == "classifier":
-            return
         pipe = self.pipeline()
         g = torch.Generator("cpu").manual_seed(0)
         imgs = pipe(SAMPLE_PROMPTS * 2, num_inference_steps=20, generator=g, output_type="pt").images
         data.image_grid(imgs, nrow=8).save(self.out / f"samples_{self.step:06d}.png")
 
     def export(self) -> Path:
-        """Write the EMA result: a diffusers-layout pipeline (fp16) or the classifier."""
-        if self.cfg.model == "classifier":
-            clf = self.ema_modules()["classifier"].cpu()
-            clf.save(self.out / "classifier")
-            from .evaluate import classifier_accuracy
-
-            acc = classifier_accuracy(clf, n=self.cfg.eval_images)
-            (self.out / "classifier" / "accuracy.json").write_text(json.dumps(acc, indent=1))
-            self.log({"step": self.step, "heldout_accuracy": acc})
-            return self.out / "classifier"
+        """Write the EMA pipeline in diffusers layout (fp16)."""
         pipe = self.pipeline()
         pipe.save_pretrained(self.out / "pipeline")
         return self.out / "pipeline"
 
-    # -- state ---------------------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {"config": asdict(self.cfg), "step": self.step,
-                "modules": {k: m.state_dict() for k, m in self.modules.items()},
-                "ema": self.ema, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state()}
 
-    def load(self, path: Path) -> None:
-        s = torch.load(path, map_location=self.device, weights_only=False)
-        for k, m in self.modules.items():
-            m.load_state_dict(s["modules"][k])
-        with torch.no_grad():
-            for e, v in zip(self.ema, s["ema"]):
-                e.copy_(v)
-        self.opt.load_state_dict(s["optimizer"])
-        self.gen.set_state(s["generator"].cpu() if self.device.type == "cpu" else s["generator"].cpu())
-        self.step = s["step"]
-        self.cfg.total_steps = s["config"]["total_steps"]
+class ClassifierTrainer(Trainer):
+    """Training of the evaluator's attribute classifier on the ``all`` split."""
 
-    def save(self) -> None:
-        atomic_save(self.state(), self.out / "ckpt.pt")
+    def build(self) -> None:
+        from .evaluate import AttributeClassifier
 
-    def log(self, rec: dict) -> None:
-        with open(self.out / "train_log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self.modules = {"classifier": AttributeClassifier().to(self.device)}
 
-    # -- loop ----------------------------------------------------------------------------------------
-    def run(self, stop_at: int | None = None) -> dict:
-        """Train until the schedule ends (or ``stop_at`` steps, or the time budget); export; return a summary."""
-        from tqdm.auto import tqdm
-
+    def loss(self, step: int) -> torch.Tensor:
         cfg, dev = self.cfg, self.device
-        (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        t0 = time.time()
-        deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else None
-        end = cfg.total_steps or cfg.steps
-        bar = tqdm(total=end, initial=self.step, desc=cfg.model, disable=self.quiet, mininterval=5)
-        acc, n_acc, t_mark, s_mark = 0.0, 0, time.time(), self.step
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast(
-            "cpu", enabled=False)
-        for m in self.modules.values():
-            m.train()
-        while self.step < end and (stop_at is None or self.step < stop_at):
-            total = cfg.total_steps or cfg.steps
-            for g in self.opt.param_groups:
-                g["lr"] = cfg.lr * g["lr_mult"] * lr_factor(self.step, cfg.warmup, total)
-            with autocast:
-                loss = self.loss(self.step)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-            self.step += 1
-            d = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-            with torch.no_grad():
-                torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params], 1 - d)
-            acc, n_acc = acc + loss.detach().float(), n_acc + 1
-            if self.step % cfg.log_every == 0:
-                now = time.time()
-                self.log({"step": self.step, "loss": float(acc) / n_acc, "lr": self.opt.param_groups[0]["lr"],
-                          "s_per_step": (now - t_mark) / max(1, self.step - s_mark)})
-                t_mark, s_mark, acc, n_acc = now, self.step, 0.0, 0
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            bar.update(1)
-            if deadline and cfg.total_steps is None and self.step == 20:
-                t20 = time.time()
-            if deadline and cfg.total_steps is None and self.step == 70:
-                rate = (time.time() - t20) / 50  # s/step once warm
-                cfg.total_steps = min(cfg.steps, int(70 + 0.96 * (deadline - time.time()) / rate))
-                end = cfg.total_steps
-                bar.total = end
-                (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-            if self.step % cfg.ckpt_every == 0:
-                self.save()
-            if cfg.sample_every and self.step % cfg.sample_every == 0:
-                self.sample()
-            if deadline and time.time() > deadline:
-                break
-        bar.close()
-        elapsed = time.time() - t0
-        if cfg.total_steps is None:
-            cfg.total_steps = self.step
-        self.save()
-        done = self.step >= (cfg.total_steps or cfg.steps)
-        summary = {"model": cfg.model, "step": self.step, "finished": done, "seconds": elapsed}
-        if done or deadline:
-            if cfg.sample_every:
-                self.sample()
-            summary["export"] = str(self.export())
-        self.log({"summary": summary})
-        return summary
+        b = data.make_batch(range(step * cfg.batch, (step + 1) * cfg.batch), cfg.seed, "all", device=dev)
+        x = b["pixel_values"]
+        x = x + 0.03 * torch.randn(x.shape, generator=self.gen, device=dev)  # robustness to sampler noise
+        return self.modules["classifier"].loss(x, b)
+
+    def export(self) -> Path:
+        """Write the EMA classifier and its held-out accuracy."""
+        from .evaluate import classifier_accuracy
+
+        clf = self.ema_modules()["classifier"].cpu()
+        clf.save(self.out / "classifier")
+        acc = classifier_accuracy(clf, n=self.cfg.eval_images)
+        (self.out / "classifier" / "accuracy.json").write_text(json.dumps(acc, indent=1))
+        self.log({"step": self.step, "heldout_accuracy": acc})
+        return self.out / "classifier"
+
+
+TRAINERS = {"mini-sd": DenoiserTrainer, "mini-dit": DenoiserTrainer, "classifier": ClassifierTrainer}
 
 
 def train(model: str = "mini-sd", out="runs/mini-sd", device="cpu", resume: bool = False, **kw) -> dict:
     """Train ``model`` (``mini-sd``, ``mini-dit`` or ``classifier``) into ``out``; see :class:`TrainConfig`."""
-    if model not in (*FAMILY, "classifier"):
-        raise ValueError(f"unknown model {model!r}: choose mini-sd, mini-dit or classifier")
-    return Trainer(TrainConfig(model=model, **kw), out, device, resume).run()
+    if model not in TRAINERS:
+        raise ValueError(f"unknown model {model!r}: choose {', '.join(TRAINERS)}")
+    return TRAINERS[model](TrainConfig(model=model, **kw), out, device, resume).run()

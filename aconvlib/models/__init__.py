@@ -1,8 +1,12 @@
-"""Model registry and self-attention layer enumeration."""
-from .layers import SelfAttentionLayer, denoise, denoiser_input, get_denoiser, self_attention_layers, unet_level_grids
+"""Model knowledge (the bottom layer of aconvlib): the registry of models, the denoiser families,
+their self-attention layers and token grids, the latent-size tracker, and the package data.
+
+Nothing here imports from another aconvlib subpackage.
+"""
+from .families import DenoiserFamily, family_of, get_family, register_family, supported_classes
+from .families.unet import unet_level_grids
+from .layers import SelfAttentionLayer, default_latent_hw, denoise, get_denoiser, self_attention_layers
 from .registry import (
-    CONFIG_DIR,
-    DATA_DIR,
     MissingWeightsError,
     ModelSpec,
     UnknownModelError,
@@ -12,9 +16,12 @@ from .registry import (
     load_pipeline,
     register_model,
 )
+from .resources import config_dir, data_dir, models_dir, paper_table
+from .tracker import LatentTracker
 
 __all__ = [
-    "CONFIG_DIR", "DATA_DIR", "MissingWeightsError", "ModelSpec", "SelfAttentionLayer", "UnknownModelError",
-    "denoise", "denoiser_input", "get_denoiser", "get_spec", "list_models", "load_denoiser", "load_pipeline", "register_model", "self_attention_layers",
-    "unet_level_grids",
+    "DenoiserFamily", "LatentTracker", "MissingWeightsError", "ModelSpec", "SelfAttentionLayer", "UnknownModelError",
+    "config_dir", "data_dir", "default_latent_hw", "denoise", "family_of", "get_denoiser", "get_family", "get_spec",
+    "list_models", "load_denoiser", "load_pipeline", "models_dir", "paper_table", "register_family", "register_model",
+    "self_attention_layers", "supported_classes", "unet_level_grids",
 ]

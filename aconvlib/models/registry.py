@@ -2,25 +2,27 @@
 
 Real models (``sd15``, ``sdxl``, ``pixart-sigma-512``, ``pixart-sigma-1024``) load their weights
 with diffusers ``from_pretrained`` from the Hugging Face hub id (or the local HF cache). Their
-architectures also ship as configs in ``data/configs/<name>/`` so that FLOPs, conversion and
+architectures also ship as package data (``configs/<name>/``) so that FLOPs, conversion and
 latency work needs no weights (random init, or the ``meta`` device).
 
-Embedded models (``mini-sd``, ``mini-dit``) are trained by this project and shipped in
-``data/models/``; they register themselves through :func:`register_model`.
+Embedded models (``mini-sd``, ``mini-dit``) are trained by this project and ship as package data
+(``models/<name>/``, diffusers layout). Their pipeline class is named by their ``model_index.json``
+(``_module``/``_class_name``), as diffusers does for custom pipelines, so this layer needs no import
+of the embedded domain (:mod:`aconvlib.mini`).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-CONFIG_DIR = DATA_DIR / "configs"
-EMBEDDED_ALTERNATIVE = {"unet": "mini-sd", "dit": "mini-dit"}
+from .families import get_family
+from .resources import config_dir, models_dir
 
 
 class UnknownModelError(KeyError):
@@ -40,41 +42,49 @@ class ModelSpec:
 
     Attributes:
         name: registry name, e.g. ``"sd15"``.
-        family: ``"unet"`` (``UNet2DConditionModel``) or ``"dit"`` (``PixArtTransformer2DModel``).
+        family: denoiser family name (``"unet"``, ``"dit"``; see :mod:`aconvlib.models.families`).
         hub_id: Hugging Face hub id of the diffusers-format checkpoint (None for embedded models).
-        denoiser_subfolder: subfolder of the denoiser inside the pipeline repo.
         default_px: native image size in pixels.
         latent_factor: pixels per latent cell (8 for the SD VAE, 2 for pixel-unshuffle).
         patch_size: tokens are ``patch_size``×``patch_size`` latent patches (DiT), 1 for U-Nets.
         description: one line for ``aconv models``.
-        embedded: True for models shipped in ``data/`` (no network ever needed).
-        pipeline_loader / denoiser_loader: custom loaders (embedded models).
+        embedded: True for models shipped as package data (no network ever needed).
+        components_from: hub id of the pipeline whose other components (VAE, text encoder,
+            tokenizer, scheduler) this repo's denoiser is used with, for repos that hold only the
+            denoiser (PixArt-Σ 512: ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers``).
     """
 
     name: str
     family: str
     hub_id: Optional[str]
-    denoiser_subfolder: str
     default_px: int
     latent_factor: int
     patch_size: int = 1
     description: str = ""
     embedded: bool = False
-    pipeline_loader: Optional[Callable] = field(default=None, compare=False, repr=False)
-    denoiser_loader: Optional[Callable] = field(default=None, compare=False, repr=False)
+    components_from: Optional[str] = None
+
+    @property
+    def denoiser_subfolder(self) -> str:
+        return get_family(self.family).pipeline_attr
+
+    @property
+    def local_dir(self) -> Optional[Path]:
+        """Folder of an embedded model's pipeline (None for hub models)."""
+        return models_dir() / self.name if self.embedded else None
 
     @property
     def config_path(self) -> Path:
         """The shipped architecture config of the denoiser."""
         if self.embedded:
-            return DATA_DIR / "models" / self.name / self.denoiser_subfolder / "config.json"
-        return CONFIG_DIR / self.name / f"{self.denoiser_subfolder}.json"
+            return self.local_dir / self.denoiser_subfolder / "config.json"
+        return config_dir() / self.name / f"{self.denoiser_subfolder}.json"
 
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:
         """Latent (h, w) for an image of ``height``×``width`` pixels."""
         f = self.latent_factor
-        if height % f or width % f:
-            raise ValueError(f"{self.name}: image size {height}x{width} must be a multiple of {f} px")
+        if height <= 0 or width <= 0 or height % f or width % f:
+            raise ValueError(f"{self.name}: image size {height}x{width} must be a positive multiple of {f} px")
         return height // f, width // f
 
 
@@ -83,6 +93,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register_model(spec: ModelSpec, overwrite: bool = False) -> ModelSpec:
     """Add a model to the registry (names are case-insensitive)."""
+    get_family(spec.family)  # validates the family name
     key = spec.name.lower()
     if key in _REGISTRY and not overwrite:
         raise ValueError(f"model {spec.name!r} is already registered")
@@ -92,22 +103,11 @@ def register_model(spec: ModelSpec, overwrite: bool = False) -> ModelSpec:
 
 def list_models() -> list[ModelSpec]:
     """All registered models, real ones first."""
-    _ensure_embedded_registered()
     return sorted(_REGISTRY.values(), key=lambda s: (s.embedded, s.name))
-
-
-def _ensure_embedded_registered() -> None:
-    # The embedded models live in aconvlib.mini; importing it registers them (if it exists yet).
-    try:
-        import aconvlib.mini  # noqa: F401
-    except ModuleNotFoundError as e:  # pragma: no cover - only before the embedded models land
-        if e.name != "aconvlib.mini":
-            raise
 
 
 def get_spec(name: str) -> ModelSpec:
     """Look up a registered model; unknown names raise :class:`UnknownModelError` listing the known."""
-    _ensure_embedded_registered()
     key = str(name).lower()
     if key in _REGISTRY:
         return _REGISTRY[key]
@@ -122,26 +122,55 @@ def _is_hub_id_or_path(name: str) -> bool:
     return os.path.isdir(name) or (name.count("/") == 1 and not name.startswith(("/", ".")))
 
 
-def _missing_weights_error(what: str, family: str, err: Exception) -> MissingWeightsError:
-    from huggingface_hub.constants import HF_HUB_CACHE
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
-    alt = EMBEDDED_ALTERNATIVE.get(family, "mini-sd")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+def _missing_weights_error(what: str, family: str, err: Exception | None = None) -> MissingWeightsError:
+    from huggingface_hub import constants
+
+    alt = get_family(family).embedded_alternative
+    detail = f" [{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}]" if err else ""
     return MissingWeightsError(
         f"weights for {what!r} are not available: not found in the local Hugging Face cache "
-        f"({HF_HUB_CACHE}) and could not be downloaded"
-        f"{' (HF_HUB_OFFLINE is set)' if offline else ' (no network?)'}. "
+        f"({constants.HF_HUB_CACHE}) and could not be downloaded"
+        f"{' (HF_HUB_OFFLINE is set)' if _offline() else ' (no network?)'}. "
         f"Download them on a machine with network access (e.g. `huggingface-cli download {what}`), "
         f"or use the embedded model {alt!r} which ships with aconvlib. "
-        f"Architecture-only work (FLOPs, latency) needs no weights: use load_denoiser(..., weights=False). "
-        f"[{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}]"
+        f"Architecture-only work (FLOPs, latency) needs no weights: use load_denoiser(..., weights=False)."
+        f"{detail}"
     )
 
 
-def _denoiser_class(family: str):
-    from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+def _load(load, what: str, family: str):
+    """Run a ``from_pretrained`` call; only a checkpoint that is genuinely absent becomes MissingWeightsError.
 
-    return {"unet": UNet2DConditionModel, "dit": PixArtTransformer2DModel}[family]
+    A missing dependency, a dtype clash or a broken config surfaces as what it is.
+    """
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return load()
+    except (LocalEntryNotFoundError, RepositoryNotFoundError) as err:
+        raise _missing_weights_error(what, family, err) from err
+    except OSError as err:
+        # diffusers/transformers re-raise hub lookups as OSError; tell a missing checkpoint apart by the cause
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, (LocalEntryNotFoundError, RepositoryNotFoundError)) or _not_in_cache(what):
+            raise _missing_weights_error(what, family, err) from err
+        raise
+
+
+def _not_in_cache(repo: str) -> bool:
+    """True if ``repo`` is a hub id with no snapshot in the local cache (a local folder is never 'not cached')."""
+    if os.path.isdir(repo):
+        return False
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        return not any(r.repo_id == repo for r in scan_cache_dir().repos)
+    except Exception:  # no cache folder at all
+        return True
 
 
 def _resolve(name: str) -> ModelSpec:
@@ -150,42 +179,17 @@ def _resolve(name: str) -> ModelSpec:
     except UnknownModelError:
         if not _is_hub_id_or_path(name):
             raise
-    # Unregistered hub id or local folder: guess the family from its model_index.json later.
-    return ModelSpec(name=name, family="unet", hub_id=name, denoiser_subfolder="unet",
-                     default_px=512, latent_factor=8)
+    # Unregistered hub id or local folder: take the family from its model_index.json / denoiser folder.
+    return ModelSpec(name=name, family=_guess_family(name), hub_id=name, default_px=512, latent_factor=8,
+                     patch_size=1)
 
 
-def load_denoiser(name: str, *, weights: bool = True, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, seed: int = 0):
-    """Load a model's denoiser (``UNet2DConditionModel`` or ``PixArtTransformer2DModel``).
-
-    Args:
-        name: registry name, hub id or local diffusers folder.
-        weights: False builds the architecture from the shipped config with random weights
-            (``device="meta"`` allocates nothing), for FLOPs and latency work.
-        device, dtype: where and how to place it.
-        seed: seed of the random init when ``weights=False``.
-    """
-    spec = _resolve(name)
-    if spec.embedded and spec.denoiser_loader is not None and weights:
-        return spec.denoiser_loader(device=device, dtype=dtype)
-    cls = _denoiser_class(spec.family)
-    if not weights:
-        if not spec.config_path.exists():
-            raise FileNotFoundError(f"no shipped architecture config for {spec.name!r} at {spec.config_path}")
-        config = json.loads(spec.config_path.read_text())
-        if str(device) == "meta":
-            with torch.device("meta"):
-                model = cls.from_config(config)
-        else:
-            torch.manual_seed(seed)
-            model = cls.from_config(config)
-        return _place(model, device, dtype)
-    try:
-        model = cls.from_pretrained(spec.hub_id, subfolder=spec.denoiser_subfolder, **_dtype_kwarg(dtype))
-    except (OSError, ValueError, EnvironmentError) as err:
-        raise _missing_weights_error(spec.hub_id, spec.family, err) from err
-    return _place(model, device, None)
+def _guess_family(repo: str) -> str:
+    if os.path.isdir(repo):
+        if os.path.isdir(os.path.join(repo, "transformer")):
+            return "dit"
+        return "unet"
+    return "unet"
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -203,31 +207,96 @@ def _place(model, device, dtype):
     return model.eval()
 
 
+def _quiet() -> None:
+    """Silence loading chatter (progress bars, dtype notes) of diffusers and transformers."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def _check_embedded(spec: ModelSpec) -> Path:
+    d = spec.local_dir
+    if not (d / "model_index.json").exists():
+        raise MissingWeightsError(f"embedded model {spec.name!r} is missing from {d}; train it with "
+                                  f"`aconv train --model {spec.name}` and copy <out>/pipeline there")
+    return d
+
+
+def load_denoiser(name: str, *, weights: bool = True, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, seed: int = 0, **kwargs):
+    """Load a model's denoiser (``UNet2DConditionModel`` or ``PixArtTransformer2DModel``).
+
+    Args:
+        name: registry name, hub id or local diffusers folder.
+        weights: False builds the architecture from the shipped config with random weights
+            (``device="meta"`` allocates nothing), for FLOPs and latency work.
+        device, dtype: where and how to place it.
+        seed: seed of the random init when ``weights=False``.
+        kwargs: passed to ``from_pretrained`` (``variant``, ``revision``, ``local_files_only``, ...).
+    """
+    spec = _resolve(name)
+    cls = get_family(spec.family).model_class()
+    if not weights:
+        if not spec.config_path.exists():
+            raise FileNotFoundError(f"no shipped architecture config for {spec.name!r} at {spec.config_path}")
+        config = json.loads(spec.config_path.read_text())
+        if str(device) == "meta":
+            with torch.device("meta"):
+                model = cls.from_config(config)
+        else:
+            torch.manual_seed(seed)
+            model = cls.from_config(config)
+        return _place(model, device, dtype)
+    if spec.embedded:
+        _quiet()
+        model = cls.from_pretrained(_check_embedded(spec) / spec.denoiser_subfolder, **_dtype_kwarg(dtype))
+        return _place(model, device, None)
+    model = _load(lambda: cls.from_pretrained(spec.hub_id, subfolder=spec.denoiser_subfolder,
+                                              **_dtype_kwarg(dtype), **kwargs), spec.hub_id, spec.family)
+    return _place(model, device, None)
+
+
 def load_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   **kwargs):
     """Load a full text-to-image pipeline (diffusers ``DiffusionPipeline`` or embedded pipeline)."""
     spec = _resolve(name)
     if spec.embedded:
-        if spec.pipeline_loader is None:
-            raise MissingWeightsError(f"embedded model {spec.name!r} has no pipeline loader")
-        return spec.pipeline_loader(device=device, dtype=dtype, **kwargs)
+        d = _check_embedded(spec)
+        index = json.loads((d / "model_index.json").read_text())
+        cls = getattr(importlib.import_module(index["_module"]), index["_class_name"])
+        _quiet()
+        return cls.from_pretrained(d, device=device, dtype=dtype)
     from diffusers import DiffusionPipeline
 
-    try:
-        pipe = DiffusionPipeline.from_pretrained(spec.hub_id, **_dtype_kwarg(dtype), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
-        raise _missing_weights_error(spec.hub_id, spec.family, err) from err
+    if spec.components_from:  # a denoiser-only repo: the rest comes from its companion pipeline repo
+        den = load_denoiser(spec.name, device="cpu", dtype=dtype, **{k: v for k, v in kwargs.items()
+                                                                    if k in ("variant", "revision", "local_files_only")})
+        pipe = _load(lambda: DiffusionPipeline.from_pretrained(
+            spec.components_from, **{spec.denoiser_subfolder: den}, **_dtype_kwarg(dtype), **kwargs),
+            spec.components_from, spec.family)
+    else:
+        pipe = _load(lambda: DiffusionPipeline.from_pretrained(spec.hub_id, **_dtype_kwarg(dtype), **kwargs),
+                     spec.hub_id, spec.family)
     return pipe.to(device)
 
 
 for _spec in (
-    ModelSpec("sd15", "unet", "stable-diffusion-v1-5/stable-diffusion-v1-5", "unet", 512, 8,
+    ModelSpec("sd15", "unet", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, 8,
               description="Stable Diffusion 1.5 (U-Net, 16 self-attention layers)"),
-    ModelSpec("sdxl", "unet", "stabilityai/stable-diffusion-xl-base-1.0", "unet", 1024, 8,
+    ModelSpec("sdxl", "unet", "stabilityai/stable-diffusion-xl-base-1.0", 1024, 8,
               description="Stable Diffusion XL base 1.0 (U-Net, 70 self-attention layers)"),
-    ModelSpec("pixart-sigma-512", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-512-MS", "transformer", 512, 8, 2,
-              description="PixArt-Σ XL/2 at 512 px (DiT, 28 self-attention layers)"),
-    ModelSpec("pixart-sigma-1024", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "transformer", 1024, 8, 2,
+    ModelSpec("pixart-sigma-512", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-512-MS", 512, 8, 2,
+              description="PixArt-Σ XL/2 at 512 px (DiT, 28 self-attention layers)",
+              components_from="PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"),
+    ModelSpec("pixart-sigma-1024", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", 1024, 8, 2,
               description="PixArt-Σ XL/2 at 1024 px (DiT, 28 self-attention layers)"),
+    ModelSpec("mini-sd", "unet", None, 64, 2, 1, embedded=True,
+              description="embedded SD1.5-topology U-Net, 64 px, pixel-unshuffle latent (10 self-attention layers)"),
+    ModelSpec("mini-dit", "dit", None, 64, 2, 2, embedded=True,
+              description="embedded PixArt-style DiT, 64 px, 16x16 tokens (6 self-attention layers)"),
 ):
     register_model(_spec)

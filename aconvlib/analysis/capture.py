@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
-from .models import SelfAttentionLayer, denoiser_input, get_denoiser, self_attention_layers
+from ..models import LatentTracker, SelfAttentionLayer, default_latent_hw, get_denoiser, self_attention_layers
 
 __all__ = ["AttentionCapture", "CaptureProcessor", "MemoryBudgetError", "capture_self_attention",
            "estimate_capture_bytes"]
@@ -45,11 +45,6 @@ TimestepSelector = Union[None, float, Sequence[float], Callable[[float], bool]]
 
 class MemoryBudgetError(MemoryError):
     """The capture would need more memory than ``memory_budget_gb``; raised before any work."""
-
-
-def _default_latent_hw(denoiser) -> tuple[int, int]:
-    s = denoiser.config.sample_size
-    return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
 
 def _select_layers(layers: list[SelfAttentionLayer], selector: LayerSelector) -> list[SelfAttentionLayer]:
@@ -153,7 +148,7 @@ class AttentionCapture:
         self.timesteps = timesteps
         self.memory_budget_bytes = int(memory_budget_gb * 2**30)
         self.workspace_bytes = int(workspace_mb * 2**20)
-        all_layers = self_attention_layers(denoiser, latent_hw or _default_latent_hw(denoiser))
+        all_layers = self_attention_layers(denoiser, latent_hw or default_latent_hw(denoiser))
         if not all_layers:
             raise ValueError(f"{type(denoiser).__name__} has no self-attention (attn1) layers")
         self.layers = _select_layers(all_layers, layers)
@@ -168,7 +163,7 @@ class AttentionCapture:
         self._latent_hw: Optional[tuple[int, int]] = None
         self._batch_sel: slice = slice(None)
         self._originals: Optional[dict] = None
-        self._hook = None
+        self._tracker: Optional[LatentTracker] = None
 
     # ---------------------------------------------------------------- results
     @property
@@ -206,7 +201,7 @@ class AttentionCapture:
                 raise KeyError(f"{key} is not among the denoiser's attention processors")
             new[key] = CaptureProcessor(self._originals[key], state, self)
         den.set_attn_processor(new)
-        self._hook = den.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        self._tracker = LatentTracker(den, on_call=self._on_call)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -214,33 +209,30 @@ class AttentionCapture:
 
     def close(self) -> None:
         """Restore the original processors and remove the hook (idempotent)."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        if self._tracker is not None:
+            self._tracker.remove()
+            self._tracker = None
         if self._originals is not None:
             self.denoiser.set_attn_processor(dict(self._originals))
             self._originals = None
         self._active_call = False
 
     # ---------------------------------------------------------------- per call
-    def _pre_hook(self, module, args, kwargs):
-        sample = denoiser_input(args, kwargs)
-        t = kwargs.get("timestep")
-        if t is None:
-            # UNet2DConditionModel(sample, timestep, ...); PixArt(hidden_states, encoder_hidden_states, timestep)
-            pos = 1 if hasattr(module, "down_blocks") else 2
-            t = args[pos] if len(args) > pos else None
-        t_val = float(t.flatten()[0]) if torch.is_tensor(t) else (float(t) if t is not None else float("nan"))
-        # A sampling run starts whenever the timestep does not decrease.
-        if self._last_t is None or not (t_val < self._last_t):
+    def _on_call(self, tracker: LatentTracker, sample: torch.Tensor, t) -> None:
+        t_val = tracker.timestep
+        # Steps follow the scheduler's timesteps: a sampling run starts when the timestep increases
+        # (or is unknown); a repeated timestep is the same step called again (PNDM's warm-up, Heun's
+        # second evaluation); a smaller one is the next step.
+        if self._last_t is None or not (t_val <= self._last_t):
             self._step = 0
-        else:
+        elif t_val < self._last_t:
             self._step += 1
         self._last_t = t_val
         batch = sample.shape[0]
-        hw = tuple(int(x) for x in sample.shape[-2:])
+        hw = tracker.latent_hw
         if hw != self._latent_hw:
-            grids = {layer.name: layer.grid for layer in self_attention_layers(self.denoiser, hw)}
+            level_grids = tracker.grids()
+            grids = {n: level_grids[s.layer.level] for n, s in self._states.items()}
             self._check_budget([grids[n] for n in self._states])  # before anything is allocated
             for n, s in self._states.items():
                 if s.grid is not None and s.grid != grids[n] and s.count:
@@ -262,7 +254,6 @@ class AttentionCapture:
         self._active_call = _matches(self._step, self.steps) and _matches(t_val, self.timesteps)
         self.calls.append({"step": self._step, "timestep": t_val, "batch": batch, "cfg": bool(cfg),
                            "captured": self._active_call})
-        return None
 
     def _accumulate(self, state: _LayerState, attn, hidden_states, attention_mask, temb) -> None:
         x = hidden_states

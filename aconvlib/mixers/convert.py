@@ -6,7 +6,7 @@
 
 Supported denoisers: ``UNet2DConditionModel`` (SD1.5, SDXL, mini-sd) and ``PixArtTransformer2DModel``
 (PixArt-Σ, mini-dit). Every self-attention ``attn1`` is replaced by a :class:`DeltaConvSelfAttention`,
-a module with the ``Attention`` call signature that runs a :class:`~aconvlib.blocks.DeltaConvBlock`.
+a module with the ``Attention`` call signature that runs a :class:`~aconvlib.mixers.deltaconv.DeltaConvBlock`.
 The block needs its token grid: a forward pre-hook on the denoiser reads the latent's (h, w) on
 every call, and each layer derives its grid from it (U-Net level ℓ: ``unet_level_grids``; DiT:
 latent / patch size), so any resolution and aspect ratio works and the pipelines' ``__call__``
@@ -30,9 +30,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .blocks import DeltaConvBlock
-from .models.layers import (SUPPORTED, SelfAttentionLayer, denoiser_input, get_denoiser, self_attention_layers,
-                            unet_level_grids)
+from ..models import LatentTracker, SelfAttentionLayer, family_of, get_denoiser, self_attention_layers
+from .deltaconv import DeltaConvBlock
 
 
 # The authors' per-resolution kernel sizes, by (part, level); level 0 = full latent resolution.
@@ -49,17 +48,7 @@ PAPER_KERNEL_SIZES = {"sd15": 9, "sdxl": 13, "pixart": 13}
 # ----------------------------------------------------------------------------------------------
 def model_kind(denoiser: nn.Module) -> str:
     """``"pixart"``, ``"sdxl"`` (a U-Net with SDXL's text-time conditioning) or ``"sd15"`` (other U-Nets)."""
-    name = type(denoiser).__name__
-    if name == "PixArtTransformer2DModel":
-        return "pixart"
-    if name != "UNet2DConditionModel":
-        raise TypeError(f"unsupported denoiser {name}; expected one of {SUPPORTED}")
-    return "sdxl" if getattr(denoiser.config, "addition_embed_type", None) == "text_time" else "sd15"
-
-
-def _part(name: str) -> str:
-    return "mid" if name.startswith("mid_block") else "down" if name.startswith("down_blocks") else \
-        "up" if name.startswith("up_blocks") else "dit"
+    return family_of(denoiser).kind(denoiser)
 
 
 def resolve_kernel_sizes(denoiser: nn.Module, kernel_sizes="paper",
@@ -78,7 +67,7 @@ def resolve_kernel_sizes(denoiser: nn.Module, kernel_sizes="paper",
             return {l.name: 13 for l in layers}
         table, out = OFFICIAL_KERNEL_SIZES[kind], {}
         for l in layers:
-            key = (_part(l.name), l.level)
+            key = (family_of(denoiser).layer_part(l.name), l.level)
             if key not in table:
                 raise ValueError(f"the authors' kernel-size table ({kind}) has no entry for {l.name} "
                                  f"({key[0]} level {l.level}); this U-Net's layout differs from {kind.upper()}: "
@@ -107,46 +96,11 @@ def resolve_kernel_sizes(denoiser: nn.Module, kernel_sizes="paper",
 # ----------------------------------------------------------------------------------------------
 # run-time grids
 # ----------------------------------------------------------------------------------------------
-class GridContext:
-    """The latent size of the denoiser's current call, set by a forward pre-hook; layers derive grids.
-
-    Attributes:
-        family: ``"unet"`` or ``"dit"``; num_levels (U-Net) or patch_size (DiT).
-        latent_hw: (h, w) of the current call's latent, None outside a call of the denoiser.
-    """
-
-    def __init__(self, denoiser: nn.Module):
-        cfg = denoiser.config
-        self.family = "dit" if type(denoiser).__name__ == "PixArtTransformer2DModel" else "unet"
-        self.num_levels = len(cfg.block_out_channels) if self.family == "unet" else 1
-        self.patch_size = int(cfg.patch_size) if self.family == "dit" else 1
-        self.latent_hw: tuple[int, int] | None = None
-        self.handle = denoiser.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module, args, kwargs):
-        sample = denoiser_input(args, kwargs)
-        if isinstance(sample, torch.Tensor) and sample.ndim == 4:
-            self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
-
-    def grid(self, level: int) -> tuple[int, int] | None:
-        """Token grid of a layer at ``level`` for the current latent (None if unknown)."""
-        if self.latent_hw is None:
-            return None
-        if self.family == "dit":
-            h, w = self.latent_hw
-            return h // self.patch_size, w // self.patch_size
-        return unet_level_grids(self.latent_hw, self.num_levels)[level]
-
-
 @contextlib.contextmanager
 def latent_size(pipe_or_denoiser, latent_hw: tuple[int, int]):
     """Set the latent size by hand, to call converted transformer blocks outside the denoiser's forward."""
-    ctx = get_denoiser(pipe_or_denoiser).deltaconv_adapter.grid_context
-    old, ctx.latent_hw = ctx.latent_hw, tuple(latent_hw)
-    try:
+    with get_adapter(pipe_or_denoiser).tracker.override(latent_hw):
         yield
-    finally:
-        ctx.latent_hw = old
 
 
 class DeltaConvSelfAttention(nn.Module):
@@ -158,11 +112,11 @@ class DeltaConvSelfAttention(nn.Module):
 
     is_cross_attention = False
 
-    def __init__(self, block: DeltaConvBlock, name: str, level: int, context: GridContext, attn_params: int = 0):
+    def __init__(self, block: DeltaConvBlock, name: str, level: int, tracker: LatentTracker, attn_params: int = 0):
         super().__init__()
         self.block = block
         self.layer_name, self.level, self.attn_params = name, level, attn_params
-        self.__dict__["context"] = context  # not a submodule
+        self.__dict__["tracker"] = tracker  # not a submodule
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -170,7 +124,7 @@ class DeltaConvSelfAttention(nn.Module):
             raise ValueError(f"{self.layer_name}: a ΔConv self-attention replacement got encoder_hidden_states "
                              "(cross-attention is not converted)")
         n = hidden_states.shape[1]
-        grid = self.context.grid(self.level)
+        grid = self.tracker.grid(self.level)
         if grid is None:
             side = int(round(n ** 0.5))
             if side * side != n:
@@ -179,7 +133,7 @@ class DeltaConvSelfAttention(nn.Module):
                                    "aconvlib.convert.latent_size(model, (h, w))")
             grid = (side, side)
         elif grid[0] * grid[1] != n:
-            raise RuntimeError(f"{self.layer_name}: the latent {self.context.latent_hw} gives a {grid[0]}×{grid[1]} "
+            raise RuntimeError(f"{self.layer_name}: the latent {self.tracker.latent_hw} gives a {grid[0]}×{grid[1]} "
                                f"grid at level {self.level}, but the layer got N = {n} tokens")
         return self.block(hidden_states, grid)
 
@@ -204,7 +158,7 @@ class DeltaConvAdapter(ModelMixin, ConfigMixin):
     Args:
         layers: one dict per replaced layer: ``name``, ``channels``, ``kernel_size``, ``level``.
         base_model: class name of the denoiser (``UNet2DConditionModel`` / ``PixArtTransformer2DModel``).
-        ratio, scales, gate, gate_scale, bias: :class:`~aconvlib.blocks.DeltaConvBlock` arguments.
+        ratio, scales, gate, gate_scale, bias: :class:`~aconvlib.mixers.deltaconv.DeltaConvBlock` arguments.
     """
 
     config_name = "config.json"
@@ -218,7 +172,7 @@ class DeltaConvAdapter(ModelMixin, ConfigMixin):
             _key(l["name"]): DeltaConvBlock(int(l["channels"]), l["kernel_size"], scales=list(scales), ratio=ratio,
                                             gate=gate, gate_scale=gate_scale, bias=bias)
             for l in layers})
-        self.grid_context: GridContext | None = None
+        self.tracker: LatentTracker | None = None
 
     def block(self, layer_name: str) -> DeltaConvBlock:
         """The block that replaces ``layer_name``."""
@@ -259,13 +213,15 @@ class DeltaConvAdapter(ModelMixin, ConfigMixin):
         ref = layers[0].module.to_q.weight
         # nn.Module.to: ModelMixin.to warns about fp32-pinned modules, of which the adapter has none
         nn.Module.to(self, device=ref.device, dtype=None if ref.device.type == "meta" else ref.dtype)
-        ctx = GridContext(den)
+        if self.tracker is not None:  # re-applied: drop the old hook
+            self.tracker.remove()
+        tracker = LatentTracker(den)
         for l in layers:
             parent_name, _, child = l.name.rpartition(".")
             parent = den.get_submodule(parent_name) if parent_name else den
             n_params = sum(p.numel() for p in l.module.parameters())
-            setattr(parent, child, DeltaConvSelfAttention(self.block(l.name), l.name, l.level, ctx, n_params))
-        self.grid_context = ctx
+            setattr(parent, child, DeltaConvSelfAttention(self.block(l.name), l.name, l.level, tracker, n_params))
+        self.tracker = tracker
         den.__dict__["deltaconv_adapter"] = self  # plain attribute: not part of the denoiser's state_dict
         if freeze:
             den.requires_grad_(False)
@@ -318,7 +274,7 @@ def to_deltaconv(pipe_or_denoiser, kernel_sizes: str | int | dict | Callable = "
     Every ``attn1`` becomes a freshly initialised ΔConvBlock (the attention weights are dropped);
     cross-attention, norms, FFNs and the rest stay and, with ``freeze``, are frozen. The adapter
     holding the new weights is ``get_adapter(result)``. See the module docstring for ``kernel_sizes``;
-    the other arguments go to :class:`~aconvlib.blocks.DeltaConvBlock`; ``seed`` fixes their init.
+    the other arguments go to :class:`~aconvlib.mixers.deltaconv.DeltaConvBlock`; ``seed`` fixes their init.
     """
     adapter = build_adapter(pipe_or_denoiser, kernel_sizes, ratio=ratio, scales=scales, gate=gate,
                             gate_scale=gate_scale, bias=bias, seed=seed)
@@ -344,6 +300,6 @@ def load_deltaconv(pipe_or_denoiser, path_or_hub_id: str, freeze: bool = True, *
     return adapter.apply_to(pipe_or_denoiser, freeze=freeze)
 
 
-__all__ = ["DeltaConvAdapter", "DeltaConvSelfAttention", "GridContext", "OFFICIAL_KERNEL_SIZES",
+__all__ = ["DeltaConvAdapter", "DeltaConvSelfAttention", "OFFICIAL_KERNEL_SIZES",
            "PAPER_KERNEL_SIZES", "build_adapter", "deltaconv_layers", "get_adapter", "get_denoiser", "latent_size",
            "load_deltaconv", "model_kind", "resolve_kernel_sizes", "save_deltaconv", "to_deltaconv"]

@@ -6,21 +6,20 @@ import json
 
 import torch
 
-from aconvlib import data
-
-from . import MODELS_DIR
+from ..mini import dataset as data
+from ..models import models_dir
 
 
 def read_log(name: str) -> list[dict]:
-    """The shipped training log of ``name`` (``data/models/<name>/train_log.jsonl``), loss records only."""
-    return [r for r in map(json.loads, open(MODELS_DIR / name / "train_log.jsonl")) if "loss" in r]
+    """The shipped training log of ``name`` (``models/<name>/train_log.jsonl of the package data``), loss records only."""
+    return [r for r in map(json.loads, open(models_dir() / name / "train_log.jsonl")) if "loss" in r]
 
 
 def plot_training_curves(names=("mini-sd", "mini-dit", "classifier"), smooth: int = 20):
     """Loss against step (moving average of ``smooth`` log points); dashed lines mark phase changes."""
     import matplotlib.pyplot as plt
 
-    from aconvlib.plotting import mark_phase_changes
+    from .plotting import mark_phase_changes
 
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2))
     for ax, name in zip(axes, names):
@@ -68,10 +67,10 @@ def shipped_eval() -> dict:
     """The evaluation recorded when the weights were trained (``data/models/<name>/eval.json``)."""
     out = {}
     for name in ("mini-sd", "mini-dit"):
-        p = MODELS_DIR / name / "eval.json"
+        p = models_dir() / name / "eval.json"
         if p.exists():
             out[name] = json.loads(p.read_text())
-    clf = MODELS_DIR / "classifier" / "accuracy.json"
+    clf = models_dir() / "classifier" / "accuracy.json"
     if clf.exists():
         out["classifier"] = json.loads(clf.read_text())
     return out

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .models import denoiser_input, get_denoiser, self_attention_layers
+from ..models import LatentTracker, get_denoiser, self_attention_layers
 
 __all__ = ["NeighborhoodAttnProcessor", "clip_kernel", "natten_available", "neighborhood_attention",
            "neighborhood_mask"]
@@ -55,10 +55,18 @@ def neighborhood_mask(grid: tuple[int, int], kernel_size: int, device=None) -> t
 class NeighborhoodAttnProcessor:
     """A diffusers attention processor computing NA over the layer's token grid (set per call)."""
 
-    def __init__(self, kernel_size: int, backend: str = "natten"):
+    def __init__(self, kernel_size: int, backend: str = "natten", tracker: LatentTracker | None = None,
+                 level: int = 0):
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"neighborhood attention needs an odd kernel size >= 1, got {kernel_size}")
         self.kernel_size = kernel_size
         self.backend = backend
-        self.grid: tuple[int, int] | None = None
+        self.tracker, self.level = tracker, level
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """The layer's token grid for the denoiser's current call."""
+        return None if self.tracker is None else self.tracker.grid(self.level)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
@@ -74,6 +82,8 @@ class NeighborhoodAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         bsz, n, _ = hidden_states.shape
+        if self.grid is None:
+            raise RuntimeError("neighborhood attention needs the token grid: call the denoiser itself")
         h, w = self.grid
         if h * w != n:
             raise ValueError(f"{n} tokens do not match the grid {self.grid}")
@@ -122,25 +132,27 @@ def neighborhood_attention(target, kernel_size: int = 13, backend: str | None = 
     The token grid of each layer is read from the latent size before every denoiser call; the
     original processors are restored on exit, also after an exception.
     """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"neighborhood attention needs an odd kernel size >= 1, got {kernel_size}")
     den = get_denoiser(target)
+    layers = self_attention_layers(den)
+    if not layers:
+        raise ValueError(f"this {type(den).__name__} has no self-attention (attn1) layer left to replace "
+                         "(already converted to ΔConv?); neighborhood attention would change nothing")
     on_cuda = next(den.parameters()).device.type == "cuda"
     backend = backend or ("natten" if natten_available() and on_cuda else "torch")
+    if backend not in ("natten", "torch"):
+        raise ValueError(f"backend must be 'natten' or 'torch', got {backend!r}")
     if backend == "natten" and not natten_available():
         raise ImportError("natten is not installed: `pip install --no-build-isolation natten`, or backend='torch'")
     originals = dict(den.attn_processors)
-    procs = {layer.name: NeighborhoodAttnProcessor(kernel_size, backend) for layer in self_attention_layers(den)}
+    tracker = LatentTracker(den)
+    procs = {layer.name: NeighborhoodAttnProcessor(kernel_size, backend, tracker, layer.level) for layer in layers}
     new = dict(originals)
     new.update({f"{name}.processor": p for name, p in procs.items()})
-
-    def pre_hook(module, args, kwargs):
-        sample = denoiser_input(args, kwargs)
-        for layer in self_attention_layers(module, tuple(sample.shape[-2:])):
-            procs[layer.name].grid = layer.grid
-
     den.set_attn_processor(new)
-    hook = den.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
         yield procs
     finally:
-        hook.remove()
+        tracker.remove()
         den.set_attn_processor(dict(originals))

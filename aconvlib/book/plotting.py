@@ -1,7 +1,7 @@
 """Figures of the locality chapters (matplotlib / seaborn), reused by chapters 02–05.
 
-Inputs are :class:`aconvlib.studies.CaptureStudy` objects and the per-layer DataFrames of
-:func:`aconvlib.studies.analyze_study`. Every function returns the matplotlib ``Figure``.
+Inputs are :class:`aconvlib.book.studies.CaptureStudy` objects, the per-layer DataFrames of
+:func:`aconvlib.book.studies.analyze_study`, training/distillation logs and FLOPs tables. Every function returns the matplotlib ``Figure``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-__all__ = ["level_curves", "plot_asm_curves", "plot_attention_overlays", "plot_erf", "plot_image_rows", "plot_prior"]
+__all__ = ["level_curves", "mark_phase_changes", "plot_asm_curves", "plot_attention_overlays", "plot_distill_curves",
+           "plot_erf", "plot_flops_vs_resolution", "plot_image_rows", "plot_prior"]
 
 _PALETTE = "viridis"
 
@@ -82,7 +83,7 @@ def plot_asm_curves(frames: dict, column: str = "asm", title: str = "", uniform_
         uniform_reference: dotted line of a uniform (perfectly global) map on the same grid.
         mark_k: draw a vertical line at this K (e.g. 11 for "within 10×10").
     """
-    from .locality import asm_gradient, uniform_asm
+    from ..analysis.locality import asm_gradient, uniform_asm
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     series = [(m, c) for m, df in frames.items() for c in level_curves(df, column)]
@@ -195,3 +196,43 @@ def _wrap(text: str, width: int) -> list[str]:
     import textwrap
 
     return textwrap.wrap(text, width) or [""]
+
+
+def plot_flops_vs_resolution(df, ax=None, value: str = "total_GFLOPs"):
+    """Log-log plot of attention FLOPs per denoiser call against image size, one line per model."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    for model, g in df.groupby("model", sort=False):
+        ax.plot(g["px"], g[value], marker="o", label=model)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("image side √(H·W) (px)")
+    ax.set_ylabel(value.replace("_", " "))
+    ax.set_title("Self-attention cost per denoiser call")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def plot_distill_curves(models, smooth: int = 10):
+    """One panel per loss term (total, Min-SNR ε terms, feature term), one line per embedded model's shipped
+    distillation log, dashed lines at phase changes (``phase`` field of the log); returns the figure."""
+    from ..mini import adapter_dir, read_log
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for model in models:
+        log = read_log(adapter_dir(model))
+        steps = np.array([r["step"] for r in log])
+        for ax, key, title in zip(axes, ("loss", "out", "feat"), ("total L", "L_out (Min-SNR ε terms)", "L_f (features)")):
+            y = np.array([r[key] for r in log])
+            k = max(1, min(smooth, len(y) // 5))
+            ys = np.convolve(y, np.ones(k) / k, mode="valid")
+            line, = ax.plot(steps[k - 1:], ys, label=model)
+            mark_phase_changes(ax, log, c=line.get_color(), alpha=0.6)  # re-distillation after the teacher changed
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    return fig

@@ -1,10 +1,11 @@
 """Execute the book's chapters with papermill and build the offline HTML book.
 
-Chapter sources are the notebooks in ``notebooks/``; each has a cell tagged ``parameters``.
-Parameter profiles (``smoke``: CPU, minutes, used by CI; ``full``: GPU, the paper's settings)
-live in one place, ``notebooks/profiles.yml``: a ``defaults`` block plus per-chapter overrides.
-Executed notebooks are written to ``book/chapters/`` and the HTML is built from them with
-jupyter-book 1.x without re-executing.
+Chapter sources are the notebooks in ``notebooks/`` of the book's checkout; each has a cell tagged
+``parameters``. Parameter profiles (``smoke``: CPU, minutes, used by CI; ``full``: GPU, the paper's
+settings) live in one place, ``notebooks/profiles.yml``: a ``defaults`` block plus per-chapter
+overrides. Executed notebooks are written to ``book/chapters/`` and the HTML is built from them with
+jupyter-book 1.x without re-executing. The checkout is found from the current directory upwards
+(or ``ACONV_BOOK_ROOT``), never from where the package is installed.
 """
 from __future__ import annotations
 
@@ -17,22 +18,44 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
-BOOK_DIR = ROOT / "book"
-PROFILES_FILE = NOTEBOOK_DIR / "profiles.yml"
+import os
 
 
 class ChapterError(RuntimeError):
     """A chapter failed to execute; the message names the chapter and the failing cell."""
 
 
-def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+def book_root(start: Path | None = None) -> Path:
+    """The checkout holding ``notebooks/profiles.yml`` and ``book/_config.yml``: ``$ACONV_BOOK_ROOT``, else the
+    current directory or the nearest parent that has them."""
+    env = os.environ.get("ACONV_BOOK_ROOT")
+    candidates = [Path(env)] if env else [p for p in (Path(start or Path.cwd()).resolve(), *Path(start or Path.cwd()).resolve().parents)]
+    for c in candidates:
+        if (c / "notebooks" / "profiles.yml").exists() and (c / "book" / "_config.yml").exists():
+            return c
+    raise ChapterError(f"no book checkout found from {candidates[0]}"
+                       f"{'' if env else ' upwards'}: the book's commands run inside a clone of the repository "
+                       "(the folder with notebooks/ and book/), or set ACONV_BOOK_ROOT")
+
+
+def notebook_dir() -> Path:
+    return book_root() / "notebooks"
+
+
+def book_dir() -> Path:
+    return book_root() / "book"
+
+
+def profiles_file() -> Path:
+    return notebook_dir() / "profiles.yml"
+
+
+def chapters(notebook_dir: Path | None = None) -> list[Path]:
     """Chapter notebooks in book order (file names start with their number, e.g. ``00_models.ipynb``)."""
-    return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(p for p in Path(notebook_dir or globals()["notebook_dir"]()).glob("[0-9][0-9]_*.ipynb"))
 
 
-def select_chapters(selection: list[str] | None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+def select_chapters(selection: list[str] | None, notebook_dir: Path | None = None) -> list[Path]:
     """Chapters matching the given names or number prefixes (all when ``selection`` is empty)."""
     every = chapters(notebook_dir)
     if not selection:
@@ -46,9 +69,9 @@ def select_chapters(selection: list[str] | None, notebook_dir: Path = NOTEBOOK_D
     return chosen
 
 
-def load_profile(profile: str, chapter: str, profiles_file: Path = PROFILES_FILE) -> dict:
+def load_profile(profile: str, chapter: str, profiles_path: Path | None = None) -> dict:
     """Parameters of ``chapter`` (notebook stem) under ``profile``: defaults updated by chapter overrides."""
-    profiles = yaml.safe_load(Path(profiles_file).read_text())
+    profiles = yaml.safe_load(Path(profiles_path or profiles_file()).read_text())
     if profile not in profiles:
         raise ChapterError(f"unknown profile {profile!r}; profiles: {', '.join(profiles)}")
     prof = profiles[profile] or {}
@@ -63,8 +86,8 @@ def _notebook_parameters(path: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(path)).keys())
 
 
-def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path = BOOK_DIR / "chapters",
-                    extra: dict | None = None, profiles_file: Path = PROFILES_FILE, timeout: int = 3600) -> Path:
+def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path | None = None,
+                    extra: dict | None = None, profiles_path: Path | None = None, timeout: int = 3600) -> Path:
     """Execute one chapter with papermill under ``profile``; return the executed notebook's path.
 
     Raises:
@@ -75,13 +98,19 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path = BOOK_DIR
 
     path = Path(path)
     declared = _notebook_parameters(path)
-    params = load_profile(profile, path.stem, profiles_file)
-    params.update(extra or {})
-    params["profile"] = profile
-    unknown = sorted(set(params) - declared - {"profile"})
-    params = {k: v for k, v in params.items() if k in declared}
+    params = load_profile(profile, path.stem, profiles_path)
+    unknown = sorted(set(params) - declared)
     if unknown:
-        print(f"[aconv] {path.stem}: profile keys not declared by the chapter, ignored: {unknown}")
+        raise ChapterError(f"profile {profile!r} sets {unknown} for chapter {path.stem!r}, which declares no such "
+                           f"parameter; declared: {sorted(declared)}")
+    bad = sorted(set(extra or {}) - declared)
+    if bad:
+        raise ChapterError(f"chapter {path.stem!r} declares no parameter {', '.join(bad)}; "
+                           f"declared: {', '.join(sorted(declared))}")
+    params.update(extra or {})
+    if "profile" in declared:
+        params["profile"] = profile
+    out_dir = Path(out_dir or book_dir() / "chapters")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
     t0 = time.time()
@@ -97,14 +126,15 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path = BOOK_DIR
     return out
 
 
-def build_html(book_dir: Path = BOOK_DIR) -> Path:
+def build_html(book_path: Path | None = None) -> Path:
     """Build the HTML book with jupyter-book 1.x (no execution); return ``_build/html``."""
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_dir), "--builder", "html"]
+    book_path = Path(book_path or book_dir())
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_path), "--builder", "html"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise ChapterError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
-    html_dir = book_dir / "_build" / "html"
+    html_dir = book_path / "_build" / "html"
     # MathJax is served from the build (book/_extra/mathjax, copied by Sphinx's html_extra_path).
     if not (html_dir / "mathjax" / "tex-mml-chtml.js").exists():
         raise ChapterError(f"MathJax is missing from {html_dir / 'mathjax'}; the book would not render math offline")
@@ -147,9 +177,9 @@ def external_resources(html_dir: Path) -> list[tuple[str, str]]:
     return found
 
 
-def check_offline(html_dir: Path = BOOK_DIR / "_build" / "html") -> None:
+def check_offline(html_dir: Path | None = None) -> None:
     """Raise if the built book would load anything from the internet."""
-    html_dir = Path(html_dir)
+    html_dir = Path(html_dir or book_dir() / "_build" / "html")
     if not (html_dir / "index.html").exists():
         raise ChapterError(f"no built book at {html_dir}; run `aconv book` first")
     bad = external_resources(html_dir)
@@ -171,17 +201,5 @@ def run_book(selection: list[str] | None = None, profile: str = "smoke", build: 
     return html_dir
 
 
-def register_cli(sub) -> None:
-    p = sub.add_parser("book", help="execute chapters with papermill under a profile, then build the HTML book")
-    p.add_argument("chapters", nargs="*", help="chapter names or numbers (default: all)")
-    p.add_argument("--profile", default="smoke", help="parameter profile from notebooks/profiles.yml")
-    p.add_argument("--no-build", action="store_true", help="only execute the chapters")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a chapter parameter (YAML value), e.g. -p model=sd15")
-    p.set_defaults(func=lambda a: run_book(a.chapters, a.profile, not a.no_build,
-                                           {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.param)}))
-    b = sub.add_parser("build", help="build the HTML book from already executed chapters")
-    b.set_defaults(func=lambda a: check_offline(build_html()))
-    c = sub.add_parser("check-offline", help="fail if the built HTML loads anything from the internet")
-    c.add_argument("html_dir", nargs="?", default=str(BOOK_DIR / "_build" / "html"))
-    c.set_defaults(func=lambda a: check_offline(Path(a.html_dir)))
+__all__ = ["ChapterError", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
+           "external_resources", "load_profile", "run_book", "select_chapters"]

@@ -2,9 +2,9 @@
 
 One *capture study* = one model, a list of prompts, one sampler setting: the images it generated
 and, for every self-attention layer, the [N, N] map averaged over heads, the selected sampling
-steps, the prompts and the conditional CFG branch (:mod:`aconvlib.attention`). Studies are cached
+steps, the prompts and the conditional CFG branch (:mod:`aconvlib.analysis.capture`). Studies are cached
 under ``output_dir/captures/`` keyed by their parameters, so chapters 02–05 reuse one capture, and
-per-layer analyses (:mod:`aconvlib.locality`) are cached next to them.
+per-layer analyses (:mod:`aconvlib.analysis.locality`) are cached next to them.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import locality as L
-from .attention import capture_self_attention
+from ..analysis import locality as L
+from ..analysis.capture import capture_self_attention
+from ..models import get_spec
 
 __all__ = ["CaptureStudy", "analyze_study", "capture_study", "default_prompts", "layer_label", "load_study_pipeline",
            "window_share"]
@@ -47,7 +48,7 @@ def _dtype(d) -> torch.dtype:
 def default_prompts(model: str, n: int, seed: int = 1234) -> list[str]:
     """``n`` prompts: held-out captions of the mini grammar for embedded models, else generic ones."""
     if model.lower().startswith("mini"):
-        from .data import prompts
+        from ..mini.dataset import prompts
 
         return prompts(n, split="heldout", seed=seed)
     return [REAL_PROMPTS[i % len(REAL_PROMPTS)] for i in range(n)]
@@ -57,13 +58,13 @@ def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str 
     """A text-to-image pipeline for ``model``; ``weights="random"`` builds an untrained mini model (tests only)."""
     dtype = _dtype(dtype)
     if weights == "trained":
-        from .models import load_pipeline
+        from ..models import load_pipeline
 
         pipe = load_pipeline(model, device=device, dtype=dtype)
     elif weights == "random" and model.lower() in ("mini-sd", "mini-dit"):
-        from .mini.models import build_denoiser, build_text_encoder, make_scheduler
-        from .mini.pipeline import MiniPipeline
-        from .mini.tokenizer import WordTokenizer
+        from ..mini.models import build_denoiser, build_text_encoder, make_scheduler
+        from ..mini.pipeline import MiniPipeline
+        from ..mini.tokenizer import WordTokenizer
 
         torch.manual_seed(0)
         tok = WordTokenizer.for_grammar()
@@ -130,20 +131,6 @@ class CaptureStudy:
                 f"{len(self.maps)} self-attention layers")
 
 
-def _spec_for(model: str, weights: str):
-    from .models import ModelSpec, UnknownModelError, get_spec
-
-    try:
-        return get_spec(model)
-    except UnknownModelError:
-        if weights != "random" or model.lower() not in ("mini-sd", "mini-dit"):
-            raise
-    # untrained mini architecture before the trained weights are registered (development and tests)
-    fam = "unet" if model.lower() == "mini-sd" else "dit"
-    return ModelSpec(model.lower(), fam, None, "unet" if fam == "unet" else "transformer", 64, 2,
-                     patch_size=1 if fam == "unet" else 2, embedded=True)
-
-
 def _fingerprint(spec, weights: str) -> str:
     """Identifies the weights in the cache key: size and mtime of an embedded model's files, else the hub id."""
     if weights != "trained":
@@ -176,7 +163,7 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
         output_dir: cache folder (``<output_dir>/captures``); None disables caching.
         pipe: an already loaded pipeline for ``model`` (skips loading).
     """
-    spec = _spec_for(model, weights)
+    spec = get_spec(model)
     height = height or spec.default_px
     width = width or spec.default_px
     prompts = list(prompts) if prompts is not None else default_prompts(model, n_prompts)
@@ -227,7 +214,7 @@ def window_share(curve, kernel_sizes, k: int) -> float:
 
 def analyze_study(study: CaptureStudy, *, cutoff: float = 0.1, order: int = 2, norm: str = "abs",
                   threshold: float = 0.8, artifact_threshold: float = 0.1, cache: bool = True):
-    """Every :mod:`aconvlib.locality` measure for every layer of ``study``, as a pandas DataFrame.
+    """Every :mod:`aconvlib.analysis.locality` measure for every layer of ``study``, as a pandas DataFrame.
 
     Columns: name, label, level, grid, ks (odd K up to the grid), asm, asm_grad, hp (high-pass ASM,
     Butterworth ``cutoff``/``order``, normalization ``norm``), hp_grad, erf, erf_hp, prior (b as

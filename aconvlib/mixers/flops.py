@@ -8,11 +8,15 @@ Self-attention, by the paper's formula (Sec. 3.1), for N = H'·W' tokens of C' c
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from .models.layers import self_attention_layers
+from ..models import (default_latent_hw, family_of, get_denoiser, get_spec, load_denoiser, paper_table,
+                      self_attention_layers)
+from .convert import deltaconv_layers, resolve_kernel_sizes
+from .deltaconv import stage_grid
 
 
 def attention_flops(tokens: int, channels: int) -> int:
@@ -41,18 +45,6 @@ def attention_flops_table(denoiser: torch.nn.Module, latent_hw: tuple[int, int])
             for l in self_attention_layers(denoiser, latent_hw)]
 
 
-def paper_table(name: str) -> dict:
-    """A table transcribed from the paper (``data/paper/tables.yml``), e.g. ``"table1_mean_flops_G"``."""
-    import yaml
-
-    from .models.registry import DATA_DIR
-
-    tables = yaml.safe_load((DATA_DIR / "paper" / "tables.yml").read_text())
-    if name not in tables:
-        raise KeyError(f"no paper table {name!r}; tables: {', '.join(tables)}")
-    return tables[name]
-
-
 def self_attention_table(model: str, resolutions=(512, 1024)):
     """One row per self-attention layer of ``model`` (architecture only, no weights).
 
@@ -60,8 +52,6 @@ def self_attention_table(model: str, resolutions=(512, 1024)):
     ``grid@px`` and the attention-core FLOPs ``GFLOPs@px`` (paper's formula).
     """
     import pandas as pd
-
-    from .models import get_spec, load_denoiser
 
     spec = get_spec(model)
     den = load_denoiser(model, weights=False, device="meta")
@@ -91,8 +81,6 @@ def flops_vs_resolution(models, sizes):
     """
     import pandas as pd
 
-    from .models import get_spec, load_denoiser
-
     out = []
     for model in models:
         spec = get_spec(model)
@@ -106,24 +94,6 @@ def flops_vs_resolution(models, sizes):
     return pd.DataFrame(out)
 
 
-def plot_flops_vs_resolution(df, ax=None, value: str = "total_GFLOPs"):
-    """Log-log plot of attention FLOPs per denoiser call against image size, one line per model."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    for model, g in df.groupby("model", sort=False):
-        ax.plot(g["px"], g[value], marker="o", label=model)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("image side √(H·W) (px)")
-    ax.set_ylabel(value.replace("_", " "))
-    ax.set_title("Self-attention cost per denoiser call")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    return ax
-
-
 # ----------------------------------------------------------------------------------------------
 # ΔConvBlock FLOPs and parameters, and the per-layer comparison with self-attention
 # ----------------------------------------------------------------------------------------------
@@ -135,12 +105,6 @@ def attention_flops_2mac(tokens: int, channels: int) -> int:
     """
     n, c = int(tokens), int(channels)
     return 8 * n * c * c + 4 * n * n * c + 4 * n * n
-
-
-def _stage_grid(grid, scale):
-    from .blocks import stage_grid
-
-    return stage_grid(grid, scale)
 
 
 def deltaconv_flops(grid: tuple[int, int], channels: int, kernel_size: int | list[int] = 9, ratio: float = 0.5,
@@ -157,7 +121,7 @@ def deltaconv_flops(grid: tuple[int, int], channels: int, kernel_size: int | lis
     ks = [kernel_size] * len(scales) if isinstance(kernel_size, int) else list(kernel_size)
     f = 2 * n * c * ci + n * ci
     for k, s in zip(ks, scales):
-        sh, sw = _stage_grid((h, w), s)
+        sh, sw = stage_grid((h, w), s)
         m = sh * sw
         if (sh, sw) != (h, w):
             f += n * ci + 8 * n * (ci // 2)
@@ -202,22 +166,15 @@ def deltaconv_table(denoiser: torch.nn.Module, latent_hw: tuple[int, int] | None
     read). ``latent_hw`` defaults to the config's sample size. Attention FLOPs by the paper's formula
     (``attn_flops``) and at 2 FLOPs per multiply-add (``attn_flops_2mac``, the ΔConv convention).
     """
-    from .convert import deltaconv_layers, get_denoiser, resolve_kernel_sizes
-    from .models.layers import unet_level_grids
-
     den = get_denoiser(denoiser)
-    cfg = den.config
-    if latent_hw is None:
-        s = cfg.sample_size
-        latent_hw = (s, s) if isinstance(s, int) else tuple(s)
+    latent_hw = tuple(latent_hw or default_latent_hw(den))
     converted = deltaconv_layers(den)
     rows = []
     if converted:
-        dit = type(den).__name__ == "PixArtTransformer2DModel"
-        grids = None if dit else unet_level_grids(latent_hw, len(cfg.block_out_channels))
+        grids = family_of(den).level_grids(den, latent_hw)
         for name, m in converted:
             b = m.block
-            grid = (latent_hw[0] // cfg.patch_size, latent_hw[1] // cfg.patch_size) if dit else grids[m.level]
+            grid = grids[m.level]
             n = grid[0] * grid[1]
             rows.append(ConversionRow(
                 name, m.level, grid, b.dim, b.kernel_size, m.attn_params, sum(p.numel() for p in b.parameters()),
@@ -254,7 +211,8 @@ def deltaconv_table_frame(rows: list[ConversionRow]):
 # self-attention rows exactly with 2 FLOPs per multiply-add and batch 2 (classifier-free guidance):
 # PixArt-Σ = any of its 28 layers (C = 1152, patch grid px/16); SD1.5 = its top layer (C = 320, px/8).
 # "2K" is 2048×2048 for PixArt but 2560×1440 for SD1.5; 4K = 4096×2160, 8K = 7680×4320, 16K = 15360×8640.
-def _paper_table1() -> dict:
+@functools.lru_cache(maxsize=None)
+def paper_table1() -> dict:
     """Table 1 of the paper, keyed by model, with sizes as ``{label: (H, W)}`` (from ``data/paper/tables.yml``)."""
     t = paper_table("table1_mean_flops_G")
     out = {}
@@ -266,19 +224,16 @@ def _paper_table1() -> dict:
     return out
 
 
-PAPER_TABLE1 = _paper_table1()
-
-
 def table1_comparison(batch: int = 2, ratio: float = 0.5, scales=(1.0, 0.5)):
     """Our per-module GFLOPs next to the paper's Table 1 (a pandas DataFrame).
 
     Self-attention by :func:`attention_flops_2mac`, ΔConv by :func:`deltaconv_flops`, both × ``batch``,
-    on the module shapes and image sizes of :data:`PAPER_TABLE1`.
+    on the module shapes and image sizes of :func:`paper_table1`.
     """
     import pandas as pd
 
     rows = []
-    for model, t in PAPER_TABLE1.items():
+    for model, t in paper_table1().items():
         c, f, k = t["channels"], t["px_per_token"], t["kernel_size"]
         for i, (label, (h, w)) in enumerate(t["sizes"].items()):
             grid = (h // f, w // f)
@@ -289,3 +244,8 @@ def table1_comparison(batch: int = 2, ratio: float = 0.5, scales=(1.0, 0.5)):
                          "ΔConv ours": dc, "ΔConv paper": t["deltaconv"][i], "ΔConv ours/paper": dc / t["deltaconv"][i],
                          "attn/ΔConv ours": sa / dc, "attn/ΔConv paper": t["attention"][i] / t["deltaconv"][i]})
     return pd.DataFrame(rows)
+
+
+__all__ = ["ConversionRow", "LayerFlops", "attention_flops", "attention_flops_2mac", "attention_flops_table",
+           "deltaconv_flops", "deltaconv_params", "deltaconv_table", "deltaconv_table_frame", "flops_vs_resolution",
+           "paper_table1", "self_attention_table", "table1_comparison"]

@@ -1,0 +1,50 @@
+"""The chapters' common setup, in one place: seeds, CPU threads, display options, output folder, the
+locality studies shared by chapters 02–05, and the paper's numeric thresholds."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..models import paper_table
+
+__all__ = ["locality_studies", "paper_thresholds", "setup_chapter"]
+
+
+def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optional[int] = None) -> Path:
+    """Seed torch, set the CPU thread count (None: torch's default), pandas display precision; return
+    ``output_dir/chapter`` (created)."""
+    import pandas as pd
+    import torch
+
+    torch.manual_seed(seed)
+    if threads:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads}")
+        torch.set_num_threads(int(threads))
+    pd.set_option("display.precision", 3)
+    pd.set_option("display.max_rows", 120)
+    out = Path(output_dir) / chapter
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def locality_studies(models: Sequence[str], *, cutoff: float = 0.1, order: int = 2,
+                     artifact_threshold: Optional[float] = None, **gen):
+    """Capture (or reuse from the cache) one study per model and analyse it per layer.
+
+    ``gen`` goes to :func:`aconvlib.book.studies.capture_study` (prompts, steps, sizes, device, dtype,
+    weights, output_dir, ...). Returns ``(studies, frames)``, dicts keyed by model; prints each study.
+    """
+    from .studies import analyze_study, capture_study
+
+    studies = {m: capture_study(m, **gen) for m in models}   # cached under output_dir/captures, shared by 03-05
+    extra = {} if artifact_threshold is None else {"artifact_threshold": artifact_threshold}
+    frames = {m: analyze_study(s, cutoff=cutoff, order=order, **extra) for m, s in studies.items()}
+    for s in studies.values():
+        print(s.describe())
+    return studies, frames
+
+
+def paper_thresholds() -> dict:
+    """The paper's numeric criteria (``thresholds`` in ``data/paper/tables.yml``)."""
+    return dict(paper_table("thresholds"))

@@ -1,0 +1,54 @@
+"""``aconv book``, ``aconv build``, ``aconv check-offline``: execute the chapters and build the HTML book."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _params(pairs: list[str]) -> dict:
+    import yaml
+
+    from .options import UsageError
+
+    out = {}
+    for s in pairs:
+        if "=" not in s:
+            raise UsageError(f"-p expects KEY=VALUE, got {s!r}")
+        k, v = s.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _book(a) -> None:
+    from ..book.runner import load_profile, run_book, select_chapters
+
+    chapters = select_chapters(a.chapters)          # unknown chapter names fail here, before any work
+    load_profile(a.profile, chapters[0].stem)       # unknown profile fails here
+    run_book(a.chapters, a.profile, not a.no_build, _params(a.param))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("book", help="execute chapters with papermill under a profile, then build the HTML book")
+    p.add_argument("chapters", nargs="*", help="chapter names or numbers (default: all)")
+    p.add_argument("--profile", default="smoke", help="parameter profile from notebooks/profiles.yml")
+    p.add_argument("--no-build", action="store_true", help="only execute the chapters")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a chapter parameter (YAML value), e.g. -p models=[sd15]; a parameter the "
+                        "chapter does not declare is an error")
+    p.set_defaults(func=_book)
+
+    def _build(a):
+        from ..book.runner import build_html, check_offline
+
+        check_offline(build_html())
+
+    b = sub.add_parser("build", help="build the HTML book from already executed chapters")
+    b.set_defaults(func=_build)
+
+    def _check(a):
+        from ..book.runner import check_offline
+
+        check_offline(Path(a.html_dir) if a.html_dir else None)
+
+    c = sub.add_parser("check-offline", help="fail if the built HTML loads anything from the internet")
+    c.add_argument("html_dir", nargs="?", default=None, help="default: book/_build/html of the checkout")
+    c.set_defaults(func=_check)

@@ -1,0 +1,93 @@
+"""Shared helpers of the command line: flags from config dataclasses, argument checks."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong (raised before any work; printed as one line)."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parser_for(tp):
+    """An argparse ``type`` for a dataclass field type (``int``, ``float``, ``str``, ``X | None``, ``tuple[int, ...]``,
+    ``str | int``)."""
+    if isinstance(tp, str):  # postponed annotations
+        tp = eval(tp, vars(typing), {})  # noqa: S307 - field annotations of our own dataclasses
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        inner = args[0]
+        return lambda v: tuple(inner(x) for x in str(v).split(",") if x != "")
+    if args and origin is not tuple and len(args) >= 1 and tp not in (int, float, str):
+        if set(args) == {str, int}:
+            return lambda v: int(v) if str(v).lstrip("-").isdigit() else v
+        return _parser_for(args[0])
+    return tp
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, exclude=(), help: dict | None = None) -> list[str]:
+    """Add one ``--field-name`` flag per field of dataclass ``cls`` (default: unset → the dataclass default).
+
+    Returns the field names that got a flag. Tuple fields take comma-separated values.
+    """
+    names = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(_flag(f.name), dest=f.name, type=_parser_for(hints[f.name]), default=None,
+                            metavar=f.name.upper(), help=f"{(help or {}).get(f.name, '')} (default: {shown})".strip())
+        names.append(f.name)
+    return names
+
+
+def config_from_args(cls, args, names, **fixed):
+    """Build ``cls`` from the flags the user set (others keep their defaults); bad values → UsageError."""
+    kw = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    try:
+        return cls(**kw, **fixed)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+def positive(kind=int):
+    """argparse type: a positive ``kind`` (int or float)."""
+    def parse(v):
+        try:
+            x = kind(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {v!r}") from None
+        if x <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {v!r}")
+        return x
+    return parse
+
+
+def known_model(name: str) -> str:
+    """argparse type: a registered model name, a hub id or a local folder."""
+    from ..models import UnknownModelError, get_spec
+    from ..models.registry import _is_hub_id_or_path
+
+    try:
+        get_spec(name)
+    except UnknownModelError as e:
+        if not _is_hub_id_or_path(name):
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
+def latent_grid(spec, px: int) -> tuple[int, int]:
+    """``spec.latent_grid(px, px)`` with a bad size reported as a UsageError."""
+    try:
+        return spec.latent_grid(px, px)
+    except ValueError as e:
+        raise UsageError(f"--px: {e}") from None

@@ -1,0 +1,48 @@
+"""Denoiser families: everything aconvlib knows about one kind of diffusers denoiser, in one place.
+
+A :class:`~aconvlib.models.families.base.DenoiserFamily` says, for its denoiser classes, how to find
+the self-attention layers and their token grids for a latent size, how to call the denoiser, and
+what it predicts. Supported: ``unet`` (``UNet2DConditionModel``: SD1.5, SDXL, mini-sd) and ``dit``
+(``PixArtTransformer2DModel``: PixArt-Σ, mini-dit). Adding a family (e.g. SD3/FLUX joint-attention
+transformers) is one new module defining a subclass, registered here, plus its tests.
+"""
+from __future__ import annotations
+
+from .base import DenoiserFamily
+from .pixart import PixArtFamily
+from .unet import UNetFamily
+
+FAMILIES: dict[str, DenoiserFamily] = {}
+
+
+def register_family(family: DenoiserFamily) -> DenoiserFamily:
+    """Make a family known to :func:`family_of` and :func:`get_family`."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> DenoiserFamily:
+    """The family registered as ``name`` (``"unet"``, ``"dit"``)."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown denoiser family {name!r}; families: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def supported_classes() -> tuple[str, ...]:
+    """Class names of every supported denoiser."""
+    return tuple(c for f in FAMILIES.values() for c in f.class_names)
+
+
+def family_of(denoiser) -> DenoiserFamily:
+    """The family of a denoiser instance; TypeError naming the supported classes otherwise."""
+    for fam in FAMILIES.values():
+        if fam.matches(denoiser):
+            return fam
+    raise TypeError(f"unsupported denoiser {type(denoiser).__name__}; supported: {', '.join(supported_classes())}")
+
+
+register_family(UNetFamily())
+register_family(PixArtFamily())
+
+__all__ = ["DenoiserFamily", "FAMILIES", "PixArtFamily", "UNetFamily", "family_of", "get_family", "register_family",
+           "supported_classes"]

@@ -1,0 +1,79 @@
+"""The interface every denoiser family implements (see :mod:`aconvlib.models.families`)."""
+from __future__ import annotations
+
+import torch
+
+
+class DenoiserFamily:
+    """What aconvlib needs to know about one kind of denoiser.
+
+    Class attributes:
+        name: short family name (``"unet"``, ``"dit"``); ``ModelSpec.family`` refers to it.
+        class_names: diffusers class names of this family's denoisers.
+        pipeline_attr: the pipeline attribute (and repo subfolder) holding the denoiser.
+        embedded_alternative: the embedded model to suggest when real weights are missing.
+    """
+
+    name: str = ""
+    class_names: tuple[str, ...] = ()
+    pipeline_attr: str = ""
+    embedded_alternative: str = ""
+
+    # ------------------------------------------------------------------ identity
+    def matches(self, denoiser) -> bool:
+        return type(denoiser).__name__ in self.class_names
+
+    def model_class(self):
+        """The diffusers class used to load this family's denoisers."""
+        raise NotImplementedError
+
+    def kind(self, denoiser) -> str:
+        """Which published model the architecture follows, for per-model tables (``"sd15"``, ``"sdxl"``, ``"pixart"``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ layers and grids
+    def is_self_attention(self, name: str, module: torch.nn.Module) -> bool:
+        """Whether ``module`` (at ``name``) is a self-attention layer to analyse or replace."""
+        return name.endswith("attn1") and hasattr(module, "to_q") and not getattr(module, "is_cross_attention", False)
+
+    def num_levels(self, denoiser) -> int:
+        """Number of distinct token-grid resolutions (U-Net levels; 1 for a DiT)."""
+        return 1
+
+    def level_grids(self, denoiser, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """Token grid (H', W') of every level for a latent of size ``latent_hw``."""
+        raise NotImplementedError
+
+    def layer_level(self, denoiser, name: str) -> int:
+        """Resolution level of the layer at module path ``name`` (0 = finest)."""
+        return 0
+
+    def layer_part(self, name: str) -> str:
+        """``"down"``, ``"mid"``, ``"up"`` (U-Nets) or ``"dit"``: where a layer sits."""
+        return "dit"
+
+    # ------------------------------------------------------------------ calling
+    @staticmethod
+    def call_sample(args: tuple, kwargs: dict):
+        """The latent a denoiser is called with, from a forward pre-hook's (args, kwargs) (None if absent)."""
+        return args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+
+    def call_timestep(self, args: tuple, kwargs: dict):
+        """The timestep of a call, from a forward pre-hook's (args, kwargs) (None if absent)."""
+        return kwargs.get("timestep")
+
+    def denoise(self, denoiser, x: torch.Tensor, t: torch.Tensor, text_states: torch.Tensor,
+                **cond) -> torch.Tensor:
+        """x [B, C, h, w], t [B] or scalar, text_states [B, L, D] → prediction [B, C, h, w].
+
+        ``cond`` holds the family's extra conditioning (SDXL: ``text_embeds``, ``time_ids``;
+        PixArt: ``encoder_attention_mask``).
+        """
+        raise NotImplementedError
+
+    def prediction_type(self, scheduler_config: dict) -> str:
+        """What the denoiser's output means: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``."""
+        return scheduler_config.get("prediction_type", "epsilon")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

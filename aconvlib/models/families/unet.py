@@ -1,0 +1,76 @@
+"""The ``unet`` family: ``UNet2DConditionModel`` (SD1.5, SDXL, mini-sd)."""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from .base import DenoiserFamily
+
+_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
+
+
+def unet_level_grids(latent_hw: tuple[int, int], num_levels: int) -> list[tuple[int, int]]:
+    """Grids of a U-Net's resolution levels: each stride-2 3×3 (pad 1) downsample maps n → ceil(n/2)."""
+    h, w = latent_hw
+    grids = [(h, w)]
+    for _ in range(num_levels - 1):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        grids.append((h, w))
+    return grids
+
+
+class UNetFamily(DenoiserFamily):
+    name = "unet"
+    class_names = ("UNet2DConditionModel",)
+    pipeline_attr = "unet"
+    embedded_alternative = "mini-sd"
+
+    def model_class(self):
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel
+
+    def kind(self, denoiser) -> str:
+        return "sdxl" if self.needs_text_time(denoiser) else "sd15"
+
+    @staticmethod
+    def needs_text_time(denoiser) -> bool:
+        """SDXL-style ``text_time`` conditioning (pooled text embeds + size/crop time ids)."""
+        return getattr(denoiser.config, "addition_embed_type", None) == "text_time"
+
+    def num_levels(self, denoiser) -> int:
+        return len(denoiser.config.block_out_channels)
+
+    def level_grids(self, denoiser, latent_hw):
+        return unet_level_grids(latent_hw, self.num_levels(denoiser))
+
+    def layer_level(self, denoiser, name: str) -> int:
+        n = self.num_levels(denoiser)
+        m = _BLOCK.match(name)
+        if m is None:
+            raise ValueError(f"cannot place layer {name!r} in the U-Net")
+        if name.startswith("mid_block"):
+            return n - 1
+        idx = int(m.group(2))
+        return idx if m.group(1) == "down_blocks" else n - 1 - idx
+
+    def layer_part(self, name: str) -> str:
+        return "mid" if name.startswith("mid_block") else "down" if name.startswith("down_blocks") else "up"
+
+    def call_timestep(self, args, kwargs):
+        t = kwargs.get("timestep")
+        return args[1] if t is None and len(args) > 1 else t   # UNet2DConditionModel(sample, timestep, ...)
+
+    def denoise(self, denoiser, x, t, text_states, **cond):
+        added = None
+        if self.needs_text_time(denoiser):
+            missing = [k for k in ("text_embeds", "time_ids") if k not in cond]
+            if missing:
+                raise ValueError(f"this U-Net uses SDXL text_time conditioning: pass {' and '.join(missing)} "
+                                 "(pooled text embeddings [B, D] and size/crop time ids [B, 6])")
+            added = {"text_embeds": cond.pop("text_embeds"), "time_ids": cond.pop("time_ids")}
+        if cond:
+            raise TypeError(f"unexpected conditioning for a U-Net: {sorted(cond)}")
+        return denoiser(x, t, encoder_hidden_states=text_states, added_cond_kwargs=added, return_dict=False)[0]

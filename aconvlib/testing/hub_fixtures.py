@@ -1,0 +1,995 @@
+"""Tiny random-weight Hugging Face hub fixtures in the published repo layouts.
+
+:func:`build_hub_cache` writes a local Hugging Face hub cache (``models--org--name/{blobs,refs,snapshots,trees}``,
+the layout ``huggingface_hub`` itself writes) holding tiny, deterministic, random-weight stand-ins for:
+
+* ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (StableDiffusionPipeline, with safety checker and fp16 variants),
+* ``stabilityai/stable-diffusion-xl-base-1.0`` (StableDiffusionXLPipeline, fp16 variants),
+* ``PixArt-alpha/PixArt-Sigma-XL-2-1024-MS`` (full PixArtSigmaPipeline),
+* ``PixArt-alpha/PixArt-Sigma-XL-2-512-MS`` (``transformer/`` only, no ``model_index.json``, as published),
+* ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers`` (where the 512 model's usage takes VAE, T5, tokenizer and
+  scheduler from).
+
+Every repo has the published component classes, config keys and file names; only widths and depths shrink (see
+``_SHRINK`` notes beside each config). Cross-attention / caption widths (768, 2048, 4096), head counts or head dims,
+block topology, sample sizes, interpolation scales and prediction types are kept. With ``HF_HUB_CACHE`` pointing at
+the returned folder and ``HF_HUB_OFFLINE=1`` (or inside :func:`offline_hub`), plain
+``DiffusionPipeline.from_pretrained("<hub id>")`` and ``<Model>.from_pretrained("<hub id>", subfolder=...)`` load
+them unchanged. A repo that is not built gives ``huggingface_hub``'s usual offline "not cached" error.
+
+Command line (prints the cache folder and sizes)::
+
+    python -m aconvlib.testing.hub_fixtures ROOT [--no-variants] [--repo HUB_ID ...]
+
+This module imports nothing from the rest of aconvlib; torch, diffusers, transformers, safetensors and
+sentencepiece are imported lazily by the builders.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+__all__ = ["FIXTURE_REPOS", "BUILDER_VERSION", "build_hub_cache", "offline_hub", "hub_cache_dir"]
+
+#: Bumped whenever the bytes written for any repo change; repos built by another version are rebuilt.
+BUILDER_VERSION = 1
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+PIXART_1024 = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
+PIXART_512 = "PixArt-alpha/PixArt-Sigma-XL-2-512-MS"
+PIXART_BASE = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"
+
+#: The hub ids :func:`build_hub_cache` builds (all of them by default).
+FIXTURE_REPOS: tuple[str, ...] = (SD15, SDXL, PIXART_1024, PIXART_512, PIXART_BASE)
+
+_MARKER_DIR = ".aconv-hub-fixtures"  # under root, beside hub/: one JSON per built repo
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def _json_bytes(obj: dict) -> bytes:
+    """Config JSON as diffusers/transformers write it (indent 2, sorted keys, trailing newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _seed(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"aconv-hub-fixture/{key}".encode()).digest()[:4], "little")
+
+
+def _state_dict_bytes(model, dtype=None) -> tuple[bytes, dict]:
+    """Serialize a module's state dict with safetensors (tied tensors stored once, like ``save_pretrained``)."""
+    import safetensors.torch
+
+    tensors: dict = {}
+    seen: set = set()
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:  # tied weight (e.g. T5 encoder.embed_tokens -> shared): saved once
+            continue
+        seen.add(key)
+        t = t.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        tensors[name] = t.contiguous()
+    return safetensors.torch.save(tensors, metadata={"format": "pt"}), tensors
+
+
+def _sharded(prefix: str, tensors: dict, n_shards: int) -> dict[str, bytes]:
+    """Split tensors into ``{prefix}-0000i-of-0000n.safetensors`` + ``{prefix}.safetensors.index.json``."""
+    import safetensors.torch
+
+    names = sorted(tensors)
+    per = -(-len(names) // n_shards)
+    files: dict[str, bytes] = {}
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i in range(n_shards):
+        part = names[i * per:(i + 1) * per]
+        fname = f"{prefix}-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        files[fname] = safetensors.torch.save({k: tensors[k] for k in part}, metadata={"format": "pt"})
+        for k in part:
+            weight_map[k] = fname
+            total += tensors[k].numel() * tensors[k].element_size()
+    files[f"{prefix}.safetensors.index.json"] = (
+        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+        + "\n").encode()
+    return files
+
+
+@contextlib.contextmanager
+def _seeded(key: str):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(key))
+        yield
+
+
+def _diffusers_weights(cls_name: str, config: dict, seed_key: str, weights_name: str, variants: bool,
+                       post_init: Callable | None = None) -> dict[str, bytes]:
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, cls_name)
+    with _seeded(seed_key):
+        model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        if post_init is not None:
+            post_init(model)
+    data, _ = _state_dict_bytes(model)
+    files = {f"{weights_name}.safetensors": data}
+    if variants:
+        files[f"{weights_name}.fp16.safetensors"] = _state_dict_bytes(model, torch.float16)[0]
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers, built offline
+# ---------------------------------------------------------------------------------------------------------------
+
+_CORPUS_WORDS = (
+    "a photo of an astronaut riding a horse on the moon . a small cactus with a happy face in the sahara desert . "
+    "a cat sitting on a red chair , oil painting . a dog running through the snow at sunset . "
+    "portrait of an old man with a white beard , high quality , detailed . an apple and a banana on a wooden table . "
+    "a city street at night with neon lights and rain . a bowl of soup that looks like a monster , made of wool . "
+    "a lighthouse on a rocky coast , waves , storm clouds . the quick brown fox jumps over the lazy dog !"
+).split()
+
+
+def _clip_base_chars() -> list[str]:
+    # CLIP's byte-level alphabet starts with the printable ASCII bytes 33..126 ('!'..'~') in byte order, so '!' has
+    # id 0 as in the real vocabulary (SDXL's second tokenizer pads with '!'). Other bytes map to the unknown token.
+    return [chr(b) for b in range(33, 127)]
+
+
+def _clip_bpe(n_merges: int = 96) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A tiny CLIP-style BPE (``</w>`` word ends) learnt from a fixed corpus: vocab and merges, deterministic."""
+    words: dict[tuple[str, ...], int] = {}
+    for w in _CORPUS_WORDS:
+        w = w.lower()
+        sym = tuple(w[:-1]) + (w[-1] + "</w>",)
+        words[sym] = words.get(sym, 0) + 1
+    merges: list[tuple[str, str]] = []
+    for _ in range(n_merges):
+        pairs: dict[tuple[str, str], int] = {}
+        for sym, c in words.items():
+            for a, b in zip(sym, sym[1:]):
+                pairs[(a, b)] = pairs.get((a, b), 0) + c
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < 2:
+            break
+        merges.append(best)
+        new: dict[tuple[str, ...], int] = {}
+        for sym, c in words.items():
+            out: list[str] = []
+            i = 0
+            while i < len(sym):
+                if i + 1 < len(sym) and (sym[i], sym[i + 1]) == best:
+                    out.append(sym[i] + sym[i + 1])
+                    i += 2
+                else:
+                    out.append(sym[i])
+                    i += 1
+            new[tuple(out)] = new.get(tuple(out), 0) + c
+        words = new
+    base = _clip_base_chars()
+    tokens = base + [c + "</w>" for c in base]
+    for a, b in merges:
+        if a + b not in tokens:
+            tokens.append(a + b)
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+_CLIP_VOCAB, _CLIP_MERGES = _clip_bpe()
+CLIP_VOCAB_SIZE = len(_CLIP_VOCAB)
+
+
+def _added_token(content: str) -> dict:
+    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+            "single_word": False}
+
+
+def _clip_tokenizer_files(pad_token: str, sdxl: bool) -> dict[str, bytes]:
+    """vocab.json, merges.txt, special_tokens_map.json and tokenizer_config.json as the published CLIP tokenizers."""
+    special = {k: {"content": v, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+               for k, v in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"),
+                            ("unk_token", "<|endoftext|>"))}
+    special["pad_token"] = pad_token
+    config = {
+        "add_prefix_space": False,
+        "bos_token": _added_token("<|startoftext|>"),
+        "do_lower_case": True,
+        "eos_token": _added_token("<|endoftext|>"),
+        "errors": "replace",
+        "model_max_length": 77,
+        "pad_token": pad_token,
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": _added_token("<|endoftext|>"),
+    }
+    if sdxl:
+        config["clean_up_tokenization_spaces"] = True
+    else:
+        config["name_or_path"] = "openai/clip-vit-large-patch14"
+        config["special_tokens_map_file"] = "./special_tokens_map.json"
+    merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _CLIP_MERGES)
+    return {
+        "merges.txt": merges.encode("utf-8"),
+        "special_tokens_map.json": (json.dumps(special, indent=2) + "\n").encode(),
+        "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode(),
+        "vocab.json": json.dumps(_CLIP_VOCAB, ensure_ascii=False).encode("utf-8"),
+    }
+
+
+_T5_SP_VOCAB = 96  # sentencepiece pieces (incl. <pad>, </s>, <unk>); + 100 <extra_id_*> tokens as in T5
+
+
+def _t5_spiece() -> bytes:
+    """A small unigram sentencepiece model with T5's special ids (pad 0, eos 1, unk 2, no bos), trained offline."""
+    import sentencepiece as spm
+
+    text = " ".join(_CORPUS_WORDS)
+    sentences = [s.strip() for s in text.replace("!", ".").split(".") if s.strip()]
+    sentences += [s.capitalize() + "." for s in sentences]  # T5's vocabulary is cased
+    corpus = [f"{s} {t}" for s in sentences for t in sentences]  # enough text for a stable unigram model
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=out, vocab_size=_T5_SP_VOCAB, model_type="unigram",
+        character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>",
+        unk_piece="<unk>", num_threads=1, shuffle_input_sentence=False, hard_vocab_limit=True,
+        normalization_rule_name="nmt_nfkc", minloglevel=2)
+    return out.getvalue()
+
+
+def _t5_tokenizer_files() -> dict[str, bytes]:
+    extra = [f"<extra_id_{i}>" for i in range(100)]
+    config = {
+        "additional_special_tokens": extra,
+        "clean_up_tokenization_spaces": True,
+        "eos_token": "</s>",
+        "extra_ids": 100,
+        "legacy": True,
+        "model_max_length": 1000000000000000019884624838656,
+        "pad_token": "<pad>",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "T5Tokenizer",
+        "unk_token": "<unk>",
+    }
+    special = {"additional_special_tokens": extra, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    added = {tok: _T5_SP_VOCAB + 99 - i for i, tok in enumerate(extra)}  # T5: <extra_id_0> is the last id
+    return {
+        "added_tokens.json": (json.dumps(dict(sorted(added.items(), key=lambda kv: kv[1])), indent=2) + "\n").encode(),
+        "special_tokens_map.json": (json.dumps(special, indent=2) + "\n").encode(),
+        "spiece.model": _t5_spiece(),
+        "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs: the published ones, with widths/depths shrunk (the shrunk keys are marked "# shrunk: published value")
+# ---------------------------------------------------------------------------------------------------------------
+
+def _sd15_unet_config() -> dict:
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": "0.6.0",
+        "act_fn": "silu",
+        "attention_head_dim": 8,  # 8 heads per level, as published
+        "block_out_channels": [16, 32, 32, 32],  # shrunk: [320, 640, 1280, 1280]
+        "center_input_sample": False,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 16,  # shrunk: 32 (must divide the 16 channels of the first level)
+        "out_channels": 4,
+        "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+
+
+_SDXL_TIME_EMBED = 8  # shrunk: addition_time_embed_dim 256
+_SDXL_POOLED = 32  # shrunk: text_encoder_2 projection_dim 1280
+
+
+def _sdxl_unet_config() -> dict:
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": "0.19.0.dev0",
+        "act_fn": "silu",
+        "addition_embed_type": "text_time",
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": _SDXL_TIME_EMBED,
+        "attention_head_dim": [1, 2, 4],  # shrunk: [5, 10, 20] heads (head dim 64 -> 8; same 1:2:4 progression)
+        "block_out_channels": [8, 16, 32],  # shrunk: [320, 640, 1280]
+        "center_input_sample": False,
+        "class_embed_type": None,
+        "class_embeddings_concat": False,
+        "conv_in_kernel": 3,
+        "conv_out_kernel": 3,
+        "cross_attention_dim": 2048,
+        "cross_attention_norm": None,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "downsample_padding": 1,
+        "dual_cross_attention": False,
+        "encoder_hid_dim": None,
+        "encoder_hid_dim_type": None,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 2,
+        "mid_block_only_cross_attention": None,
+        "mid_block_scale_factor": 1,
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "norm_eps": 1e-05,
+        "norm_num_groups": 8,  # shrunk: 32 (must divide the 8 channels of the first level)
+        "num_attention_heads": None,
+        "num_class_embeds": None,
+        "only_cross_attention": False,
+        "out_channels": 4,
+        "projection_class_embeddings_input_dim": 6 * _SDXL_TIME_EMBED + _SDXL_POOLED,  # shrunk: 2816 = 6*256 + 1280
+        "resnet_out_scale_factor": 1.0,
+        "resnet_skip_time_act": False,
+        "resnet_time_scale_shift": "default",
+        "sample_size": 128,
+        "time_cond_proj_dim": None,
+        "time_embedding_act_fn": None,
+        "time_embedding_dim": None,
+        "time_embedding_type": "positional",
+        "timestep_post_act": None,
+        "transformer_layers_per_block": [1, 2, 3],  # shrunk: [1, 2, 10]
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "upcast_attention": None,
+        "use_linear_projection": True,
+    }
+
+
+def _vae_config(sdxl: bool) -> dict:
+    cfg = {
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": "0.20.0.dev0" if sdxl else "0.6.0",
+        "act_fn": "silu",
+        "block_out_channels": [8, 16, 32, 32],  # shrunk: [128, 256, 512, 512]
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "in_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 2,  # shrunk: 32 (4 channels per group at the first level, as published)
+        "out_channels": 3,
+        "sample_size": 1024 if sdxl else 512,
+        "scaling_factor": 0.13025 if sdxl else 0.18215,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+    }
+    if sdxl:
+        cfg["_name_or_path"] = "../sdxl-vae/"
+        cfg["force_upcast"] = True
+    return cfg
+
+
+def _clip_l_config(sdxl: bool) -> dict:
+    """openai/clip-vit-large-patch14 text tower (SD1.5 text_encoder, SDXL text_encoder)."""
+    return {
+        "architectures": ["CLIPTextModel"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "dropout": 0.0,
+        "eos_token_id": 2,
+        "hidden_act": "quick_gelu",
+        "hidden_size": 768,  # kept: SD1.5 cross-attention width (and 768 of SDXL's 2048)
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,  # shrunk: 3072
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 77,
+        "model_type": "clip_text_model",
+        "num_attention_heads": 12,
+        "num_hidden_layers": 1,  # shrunk: 12
+        "pad_token_id": 1,
+        "projection_dim": 768,
+        "torch_dtype": "float16" if sdxl else "float32",
+        "transformers_version": "4.32.0.dev0" if sdxl else "4.37.2",
+        "vocab_size": CLIP_VOCAB_SIZE,  # shrunk: 49408
+    }
+
+
+def _clip_bigg_config() -> dict:
+    """laion CLIP ViT-bigG text tower (SDXL text_encoder_2)."""
+    return {
+        "architectures": ["CLIPTextModelWithProjection"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "dropout": 0.0,
+        "eos_token_id": 2,
+        "hidden_act": "gelu",
+        "hidden_size": 1280,  # kept: 1280 of SDXL's 2048 cross-attention width
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,  # shrunk: 5120
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 77,
+        "model_type": "clip_text_model",
+        "num_attention_heads": 20,
+        "num_hidden_layers": 1,  # shrunk: 32
+        "pad_token_id": 1,
+        "projection_dim": _SDXL_POOLED,  # shrunk: 1280
+        "torch_dtype": "float16",
+        "transformers_version": "4.32.0.dev0",
+        "vocab_size": CLIP_VOCAB_SIZE,  # shrunk: 49408
+    }
+
+
+def _safety_checker_config() -> dict:
+    return {
+        "_name_or_path": "CompVis/stable-diffusion-safety-checker",
+        "architectures": ["StableDiffusionSafetyChecker"],
+        "initializer_factor": 1.0,
+        "logit_scale_init_value": 2.6592,
+        "model_type": "clip",
+        "projection_dim": 16,  # shrunk: 768
+        "text_config": {"dropout": 0.0, "hidden_size": 32, "intermediate_size": 37,  # shrunk: 768, 3072
+                        "model_type": "clip_text_model", "num_attention_heads": 2, "num_hidden_layers": 1},
+        "torch_dtype": "float32",
+        "transformers_version": "4.37.2",
+        "vision_config": {"dropout": 0.0, "hidden_size": 32, "intermediate_size": 37,  # shrunk: 1024, 4096
+                          "model_type": "clip_vision_model", "num_attention_heads": 2,  # shrunk: 16
+                          "num_hidden_layers": 1, "patch_size": 14},  # shrunk: 24 layers
+    }
+
+
+def _feature_extractor_config() -> dict:
+    return {
+        "crop_size": 224,
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "image_processor_type": "CLIPImageProcessor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "size": 224,
+    }
+
+
+def _t5_config() -> dict:
+    """google t5-v1_1-xxl encoder (PixArt text_encoder): d_model 4096 kept for caption_channels."""
+    return {
+        "architectures": ["T5EncoderModel"],
+        "classifier_dropout": 0.0,
+        "d_ff": 32,  # shrunk: 10240
+        "d_kv": 16,  # shrunk: 64
+        "d_model": 4096,
+        "decoder_start_token_id": 0,
+        "dense_act_fn": "gelu_new",
+        "dropout_rate": 0.1,
+        "eos_token_id": 1,
+        "feed_forward_proj": "gated-gelu",
+        "initializer_factor": 1.0,
+        "is_encoder_decoder": True,
+        "is_gated_act": True,
+        "layer_norm_epsilon": 1e-06,
+        "model_type": "t5",
+        "num_decoder_layers": 1,  # shrunk: 24
+        "num_heads": 2,  # shrunk: 64
+        "num_layers": 1,  # shrunk: 24
+        "output_past": True,
+        "pad_token_id": 0,
+        "relative_attention_max_distance": 128,
+        "relative_attention_num_buckets": 32,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.38.2",
+        "use_cache": True,
+        "vocab_size": _T5_SP_VOCAB + 100,  # shrunk: 32128
+    }
+
+
+def _pixart_transformer_config(px: int) -> dict:
+    return {
+        "_class_name": "PixArtTransformer2DModel",
+        "_diffusers_version": "0.28.0.dev0",
+        "activation_fn": "gelu-approximate",
+        "attention_bias": True,
+        "attention_head_dim": 72,
+        "attention_type": "default",
+        "caption_channels": 4096,
+        "cross_attention_dim": 144,  # shrunk: 1152 (= heads * 72)
+        "dropout": 0.0,
+        "in_channels": 4,
+        "interpolation_scale": {512: 1, 1024: 2}[px],
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-06,
+        "norm_num_groups": 32,
+        "norm_type": "ada_norm_single",
+        "num_attention_heads": 2,  # shrunk: 16
+        "num_embeds_ada_norm": 1000,
+        "num_layers": 2,  # shrunk: 28
+        "out_channels": 8,
+        "patch_size": 2,
+        "sample_size": px // 8,
+        "upcast_attention": False,
+        "use_additional_conditions": False,
+    }
+
+
+def _pndm_config() -> dict:
+    return {
+        "_class_name": "PNDMScheduler",
+        "_diffusers_version": "0.6.0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+    }
+
+
+def _euler_config() -> dict:
+    return {
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": "0.19.0.dev0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": None,
+        "use_karras_sigmas": False,
+    }
+
+
+def _dpm_config() -> dict:
+    return {
+        "_class_name": "DPMSolverMultistepScheduler",
+        "_diffusers_version": "0.28.0.dev0",
+        "algorithm_type": "dpmsolver++",
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "dynamic_thresholding_ratio": 0.995,
+        "euler_at_final": False,
+        "final_sigmas_type": "zero",
+        "lambda_min_clipped": float("-inf"),
+        "lower_order_final": True,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "rescale_betas_zero_snr": False,
+        "sample_max_value": 1.0,
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "steps_offset": 0,
+        "thresholding": False,
+        "timestep_spacing": "linspace",
+        "trained_betas": None,
+        "use_karras_sigmas": False,
+        "use_lu_lambdas": False,
+        "variance_type": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Components -> files
+# ---------------------------------------------------------------------------------------------------------------
+
+def _prefixed(folder: str, files: dict[str, bytes]) -> dict[str, bytes]:
+    return {f"{folder}/{k}": v for k, v in files.items()}
+
+
+def _diffusers_component(folder: str, config: dict, seed_key: str, variants: bool,
+                         post_init: Callable | None = None) -> dict[str, bytes]:
+    files = {"config.json": _json_bytes(config)}
+    files.update(_diffusers_weights(config["_class_name"], config, seed_key, "diffusion_pytorch_model", variants,
+                                    post_init))
+    return _prefixed(folder, files)
+
+
+def _transformers_component(folder: str, config: dict, model_cls: str, seed_key: str, variants: bool,
+                            shards: int = 1, post_init: Callable | None = None) -> dict[str, bytes]:
+    import torch
+    import transformers
+
+    if model_cls == "StableDiffusionSafetyChecker":
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker as cls
+    else:
+        cls = getattr(transformers, model_cls)
+    cfg = cls.config_class.from_dict({k: v for k, v in config.items() if k not in ("torch_dtype", "_name_or_path",
+                                                                                  "transformers_version")})
+    with _seeded(seed_key):
+        model = cls(cfg).eval()
+        if post_init is not None:
+            post_init(model)
+    files = {"config.json": _json_bytes(config)}
+    data, tensors = _state_dict_bytes(model)
+    if shards > 1:
+        files.update(_sharded("model", tensors, shards))
+    else:
+        files["model.safetensors"] = data
+    if variants:
+        files["model.fp16.safetensors"] = _state_dict_bytes(model, torch.float16)[0]
+    return _prefixed(folder, files)
+
+
+def _safety_checker_init(model) -> None:
+    """Random concept embeddings with thresholds of 1.0: a cosine similarity never exceeds 1, so nothing is ever
+    flagged and images are never blacked out (random weights would otherwise flag at random)."""
+    import torch
+
+    with torch.no_grad():
+        for p in (model.concept_embeds, model.special_care_embeds):
+            p.copy_(torch.nn.functional.normalize(torch.randn_like(p), dim=-1))
+        model.concept_embeds_weights.fill_(1.0)
+        model.special_care_embeds_weights.fill_(1.0)
+
+
+_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in (
+    "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*", "*.mlmodel",
+    "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle", "*.pkl", "*.pt",
+    "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*", "*.tflite", "*.tgz", "*.wasm", "*.xz",
+    "*.zip", "*.zst", "*tfevents*"))
+_LFS_SUFFIXES = (".bin", ".ckpt", ".model", ".msgpack", ".onnx", ".pb", ".pt", ".pth", ".safetensors")
+
+
+def _readme(repo_id: str, license_: str, library: str = "diffusers") -> bytes:
+    return (f"---\nlicense: {license_}\nlibrary_name: {library}\ntags:\n- text-to-image\n---\n\n"
+            f"# {repo_id} (aconvlib test fixture)\n\nTiny random-weight stand-in with the published file layout, "
+            f"config keys and component classes of `{repo_id}`; only widths and depths are shrunk. Built offline by "
+            f"`aconvlib.testing.hub_fixtures` (builder version {BUILDER_VERSION}). It generates noise, not images.\n"
+            ).encode()
+
+
+def _sd15_files(variants: bool) -> dict[str, bytes]:
+    files = {
+        ".gitattributes": _GITATTRIBUTES.encode(),
+        "README.md": _readme(SD15, "creativeml-openrail-m"),
+        "model_index.json": _json_bytes({
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": "0.6.0",
+            "feature_extractor": ["transformers", "CLIPImageProcessor"],
+            "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+            "scheduler": ["diffusers", "PNDMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }),
+        "feature_extractor/preprocessor_config.json": _json_bytes(_feature_extractor_config()),
+        "scheduler/scheduler_config.json": _json_bytes(_pndm_config()),
+    }
+    files.update(_prefixed("tokenizer", _clip_tokenizer_files("<|endoftext|>", sdxl=False)))
+    files.update(_transformers_component("text_encoder", _clip_l_config(False), "CLIPTextModel", "clip-l", variants))
+    files.update(_transformers_component("safety_checker", _safety_checker_config(), "StableDiffusionSafetyChecker",
+                                         "sd-safety-checker", variants, post_init=_safety_checker_init))
+    files.update(_diffusers_component("unet", _sd15_unet_config(), "sd15-unet", variants))
+    files.update(_diffusers_component("vae", _vae_config(False), "sd-vae", variants))
+    return files
+
+
+def _sdxl_files(variants: bool) -> dict[str, bytes]:
+    files = {
+        ".gitattributes": _GITATTRIBUTES.encode(),
+        "README.md": _readme(SDXL, "openrail++"),
+        "model_index.json": _json_bytes({
+            "_class_name": "StableDiffusionXLPipeline",
+            "_diffusers_version": "0.19.0.dev0",
+            "force_zeros_for_empty_prompt": True,
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }),
+        "scheduler/scheduler_config.json": _json_bytes(_euler_config()),
+    }
+    files.update(_prefixed("tokenizer", _clip_tokenizer_files("<|endoftext|>", sdxl=True)))
+    files.update(_prefixed("tokenizer_2", _clip_tokenizer_files("!", sdxl=True)))
+    # Same seed as SD1.5's text encoder: both repos ship the same openai CLIP ViT-L/14 text tower.
+    files.update(_transformers_component("text_encoder", _clip_l_config(True), "CLIPTextModel", "clip-l", variants))
+    files.update(_transformers_component("text_encoder_2", _clip_bigg_config(), "CLIPTextModelWithProjection",
+                                         "clip-bigg", variants))
+    files.update(_diffusers_component("unet", _sdxl_unet_config(), "sdxl-unet", variants))
+    files.update(_diffusers_component("vae", _vae_config(True), "sdxl-vae", variants))
+    return files
+
+
+def _pixart_pipeline_files(repo_id: str) -> dict[str, bytes]:
+    files = {
+        ".gitattributes": _GITATTRIBUTES.encode(),
+        "README.md": _readme(repo_id, "openrail++"),
+        "model_index.json": _json_bytes({
+            "_class_name": "PixArtSigmaPipeline",
+            "_diffusers_version": "0.28.0.dev0",
+            "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+            "text_encoder": ["transformers", "T5EncoderModel"],
+            "tokenizer": ["transformers", "T5Tokenizer"],
+            "transformer": ["diffusers", "PixArtTransformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }),
+        "scheduler/scheduler_config.json": _json_bytes(_dpm_config()),
+    }
+    files.update(_prefixed("tokenizer", _t5_tokenizer_files()))
+    # The T5 text encoder and the SDXL VAE are the same checkpoints in every PixArt-Sigma repo (and the VAE is
+    # SDXL's): same seeds, same bytes. The published T5 encoder is sharded in 4 safetensors files.
+    files.update(_transformers_component("text_encoder", _t5_config(), "T5EncoderModel", "t5-v1_1-xxl", False,
+                                         shards=4))
+    files.update(_diffusers_component("vae", _vae_config(True), "sdxl-vae", False))
+    files.update(_diffusers_component("transformer", _pixart_transformer_config(1024), "pixart-sigma-1024", False))
+    return files
+
+
+def _pixart_512_files() -> dict[str, bytes]:
+    files = {".gitattributes": _GITATTRIBUTES.encode(), "README.md": _readme(PIXART_512, "openrail++")}
+    files.update(_diffusers_component("transformer", _pixart_transformer_config(512), "pixart-sigma-512", False))
+    return files
+
+
+_BUILDERS: dict[str, Callable[[bool], dict[str, bytes]]] = {
+    SD15: _sd15_files,
+    SDXL: _sdxl_files,
+    PIXART_1024: lambda variants: _pixart_pipeline_files(PIXART_1024),
+    PIXART_512: lambda variants: _pixart_512_files(),
+    PIXART_BASE: lambda variants: _pixart_pipeline_files(PIXART_BASE),
+}
+_HAS_VARIANTS = {SD15, SDXL}  # the published PixArt-Sigma repos ship no fp16 variant files
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hub cache writer
+# ---------------------------------------------------------------------------------------------------------------
+
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _repo_folder(repo_id: str) -> str:
+    return "models--" + repo_id.replace("/", "--")
+
+
+def _write_repo(hub: Path, repo_id: str, files: dict[str, bytes]) -> str:
+    """Write one repo in huggingface_hub's cache layout; returns its (content-derived) commit hash.
+
+    blobs/<etag> (sha256 for LFS files, git blob sha1 otherwise), snapshots/<commit>/<path> as relative symlinks to
+    the blobs (plain copies where symlinks are unavailable), refs/main, and trees/<commit>.json: the tree listing
+    huggingface_hub >= 1.x caches after an online snapshot_download and that diffusers reads offline.
+    """
+    entries: dict[str, dict] = {}
+    etags: dict[str, str] = {}
+    for path, data in sorted(files.items()):
+        if path.endswith(_LFS_SUFFIXES):
+            sha256 = hashlib.sha256(data).hexdigest()
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
+            entries[path] = {"size": len(data), "blob_id": _git_blob_sha1(pointer.encode()),
+                             "lfs_sha256": sha256, "lfs_size": len(data)}
+            etags[path] = sha256
+        else:
+            entries[path] = {"size": len(data), "blob_id": _git_blob_sha1(data)}
+            etags[path] = entries[path]["blob_id"]
+    commit = hashlib.sha1(json.dumps({"repo": repo_id, "builder": BUILDER_VERSION, "files": entries},
+                                     sort_keys=True).encode()).hexdigest()
+
+    final = hub / _repo_folder(repo_id)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{_repo_folder(repo_id)}-", dir=hub))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the hub writes ordinary folders
+    try:
+        (tmp / "blobs").mkdir()
+        (tmp / "refs").mkdir()
+        (tmp / "trees").mkdir()
+        (tmp / "refs" / "main").write_text(commit)  # no trailing newline, as huggingface_hub writes it
+        (tmp / "trees" / f"{commit}.json").write_text(json.dumps(
+            {"format_version": 1, "files": entries}, indent=1, sort_keys=True), encoding="utf-8")
+        snap = tmp / "snapshots" / commit
+        for path, data in sorted(files.items()):
+            blob = tmp / "blobs" / etags[path]
+            if not blob.exists():
+                blob.write_bytes(data)
+            target = snap / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.symlink_to(os.path.relpath(blob, target.parent))
+            except OSError:
+                shutil.copyfile(blob, target)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit
+
+
+def hub_cache_dir(root: str | os.PathLike) -> Path:
+    """The hub cache folder inside ``root`` (``root/hub``: what ``HF_HUB_CACHE`` must point at; ``HF_HOME=root``)."""
+    return Path(root).expanduser().resolve() / "hub"
+
+
+def _marker(root: Path, repo_id: str) -> Path:
+    return root / _MARKER_DIR / f"{_repo_folder(repo_id)}.json"
+
+
+def _is_built(root: Path, repo_id: str, variants: bool) -> bool:
+    try:
+        info = json.loads(_marker(root, repo_id).read_text())
+    except (OSError, ValueError):
+        return False
+    snap = hub_cache_dir(root) / _repo_folder(repo_id) / "snapshots" / str(info.get("commit"))
+    return (info.get("builder_version") == BUILDER_VERSION and info.get("variants") == variants
+            and snap.is_dir())
+
+
+def build_hub_cache(root: str | os.PathLike, repos: Iterable[str] | None = None, *, variants: bool = True) -> Path:
+    """Build the fixture repos into a hub cache under ``root`` and return the cache folder (``root/hub``).
+
+    ``repos``: hub ids from :data:`FIXTURE_REPOS` (default: all). ``variants``: also write the fp16 variant files
+    the published SD1.5 and SDXL repos have. Idempotent: a repo already built by this :data:`BUILDER_VERSION` with
+    the same ``variants`` is skipped; others are (re)built atomically, under a file lock so that concurrent
+    builders (e.g. pytest-xdist workers) do not clash. Weights are seeded per component: rebuilding gives the same
+    bytes.
+    """
+    from filelock import FileLock  # a dependency of huggingface_hub
+
+    root = Path(root).expanduser().resolve()
+    repos = list(FIXTURE_REPOS if repos is None else repos)
+    unknown = [r for r in repos if r not in _BUILDERS]
+    if unknown:
+        raise ValueError(f"unknown fixture repo(s) {unknown}; known: {list(FIXTURE_REPOS)}")
+    hub = hub_cache_dir(root)
+    hub.mkdir(parents=True, exist_ok=True)
+    (root / _MARKER_DIR).mkdir(exist_ok=True)
+    todo = [r for r in repos if not _is_built(root, r, variants)]
+    if not todo:
+        return hub
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add contention (and results never depend on them)
+    try:
+        with FileLock(str(root / _MARKER_DIR / "build.lock")):
+            _build(root, hub, todo, variants)
+    finally:
+        torch.set_num_threads(threads)
+    return hub
+
+
+def _build(root: Path, hub: Path, todo: list[str], variants: bool) -> None:
+    for repo_id in todo:
+        if _is_built(root, repo_id, variants):  # built by a concurrent builder meanwhile
+            continue
+        files = _BUILDERS[repo_id](variants and repo_id in _HAS_VARIANTS)
+        commit = _write_repo(hub, repo_id, files)
+        _marker(root, repo_id).write_text(json.dumps(
+            {"repo_id": repo_id, "builder_version": BUILDER_VERSION, "variants": variants, "commit": commit,
+             "files": len(files), "bytes": sum(map(len, files.values()))}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Offline context
+# ---------------------------------------------------------------------------------------------------------------
+
+_ENV_VARS = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_MODULE_PREFIXES = ("huggingface_hub", "diffusers", "transformers")
+# Module-level names that already-imported libraries bound at import time from the environment (huggingface_hub
+# reads its env vars once, in huggingface_hub.constants; diffusers copies HF_HUB_OFFLINE / HF_HOME with
+# ``from huggingface_hub.constants import ...``; older transformers/diffusers had the *_CACHE aliases).
+_CACHE_NAMES = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "default_cache_path", "TRANSFORMERS_CACHE",
+                "PYTORCH_TRANSFORMERS_CACHE", "PYTORCH_PRETRAINED_BERT_CACHE", "DIFFUSERS_CACHE")
+_HOME_NAMES = ("HF_HOME",)
+_OFFLINE_NAMES = ("HF_HUB_OFFLINE", "_is_offline_mode")
+
+
+def _hub_modules() -> list:
+    return [m for name, m in list(sys.modules.items())
+            if m is not None and name.split(".")[0] in _MODULE_PREFIXES]
+
+
+@contextlib.contextmanager
+def offline_hub(root: str | os.PathLike, repos: Iterable[str] | None = None, *,
+                variants: bool = True) -> Iterator[Path]:
+    """Build the fixtures under ``root`` if needed and make the process load them offline; yields the hub cache.
+
+    Sets ``HF_HOME=root``, ``HF_HUB_CACHE=root/hub``, ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1``, and
+    patches the values that huggingface_hub, diffusers and transformers, if already imported, read at call time
+    (``huggingface_hub.constants.HF_HUB_CACHE`` / ``HF_HOME`` / ``HF_HUB_OFFLINE`` and the copies other modules
+    made of them). Everything is restored on exit, including copies made by modules first imported inside the
+    context. Not thread-safe (it changes process-wide state).
+    """
+    import huggingface_hub.constants as hf_constants
+
+    hub = build_hub_cache(root, repos, variants=variants)
+    home = str(hub.parent)
+    old_env = {k: os.environ.get(k) for k in _ENV_VARS}
+    old = {"cache": hf_constants.HF_HUB_CACHE, "home": hf_constants.HF_HOME, "offline": hf_constants.HF_HUB_OFFLINE}
+    new = {"cache": str(hub), "home": home, "offline": True}
+    groups = [(_CACHE_NAMES, "cache"), (_HOME_NAMES, "home"), (_OFFLINE_NAMES, "offline")]
+    patched: list[tuple[object, str, object]] = []
+
+    def retarget(frm: dict, to: dict, record: bool) -> None:
+        for module in _hub_modules():
+            for names, kind in groups:
+                for name in names:
+                    if name not in getattr(module, "__dict__", {}):
+                        continue
+                    value = module.__dict__[name]
+                    if type(value) is type(frm[kind]) and value == frm[kind] and value != to[kind]:
+                        if record:
+                            patched.append((module, name, value))
+                        setattr(module, name, to[kind])
+
+    os.environ.update({"HF_HOME": home, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    try:
+        retarget(old, new, record=True)
+        yield hub
+    finally:
+        for module, name, value in patched:
+            setattr(module, name, value)
+        retarget(new, old, record=False)  # modules imported inside the context copied the patched values
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m aconvlib.testing.hub_fixtures ROOT``: build the cache, print its path and the repo sizes."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m aconvlib.testing.hub_fixtures", description=main.__doc__)
+    parser.add_argument("root", help="folder to build in (HF_HOME); the hub cache is ROOT/hub")
+    parser.add_argument("--repo", action="append", choices=FIXTURE_REPOS, help="build only this repo (repeatable)")
+    parser.add_argument("--no-variants", action="store_true", help="skip the fp16 variant files")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    hub = build_hub_cache(args.root, args.repo, variants=not args.no_variants)
+    elapsed = time.perf_counter() - t0
+    print(f"HF_HUB_CACHE={hub}")
+    total = 0
+    for repo_id in args.repo or FIXTURE_REPOS:
+        size = _dir_size(hub / _repo_folder(repo_id) / "blobs")
+        total += size
+        print(f"  {repo_id:<50} {size / 2**20:7.2f} MiB")
+    print(f"  {'total':<50} {total / 2**20:7.2f} MiB  (built or checked in {elapsed:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
