@@ -70,12 +70,23 @@ def select_chapters(selection: list[str] | None, notebook_dir: Path | None = Non
 
 
 def load_profile(profile: str, chapter: str, profiles_path: Path | None = None) -> dict:
-    """Parameters of ``chapter`` (notebook stem) under ``profile``: defaults updated by chapter overrides."""
+    """Parameters of ``chapter`` (notebook stem) under ``profile``: defaults updated by chapter overrides.
+
+    A profile with ``inherits: <other>`` starts from the other profile's parameters for the chapter
+    (its defaults and chapter overrides) and applies its own defaults, then its own chapter overrides.
+    """
     profiles = yaml.safe_load(Path(profiles_path or profiles_file()).read_text())
+    return _resolve_profile(profiles, profile, chapter, ())
+
+
+def _resolve_profile(profiles: dict, profile: str, chapter: str, seen: tuple) -> dict:
     if profile not in profiles:
         raise ChapterError(f"unknown profile {profile!r}; profiles: {', '.join(profiles)}")
+    if profile in seen:
+        raise ChapterError(f"profiles inherit in a cycle: {' -> '.join(seen + (profile,))}")
     prof = profiles[profile] or {}
-    params = dict(prof.get("defaults") or {})
+    params = _resolve_profile(profiles, prof["inherits"], chapter, seen + (profile,)) if prof.get("inherits") else {}
+    params.update(prof.get("defaults") or {})
     params.update((prof.get("chapters") or {}).get(chapter) or {})
     return params
 

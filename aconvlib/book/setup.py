@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from ..models import paper_table
 
-__all__ = ["locality_studies", "paper_thresholds", "setup_chapter"]
+__all__ = ["check_memory", "locality_studies", "paper_thresholds", "setup_chapter"]
 
 
 def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optional[int] = None) -> Path:
@@ -28,6 +28,44 @@ def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optiona
     return out
 
 
+def available_bytes(device: str) -> int:
+    """Free memory of ``device``: the GPU's free memory on CUDA, the host's available memory on CPU."""
+    import os
+
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(models: Sequence[str], device: str, dtype: str, *, height: Optional[int] = None,
+                 width: Optional[int] = None, batch_size: int = 1, capture: bool = True,
+                 available: Optional[int] = None) -> dict:
+    """Refuse, before any work, a run whose estimated memory exceeds the device's free memory.
+
+    Estimates come from :func:`aconvlib.models.memory.estimate_run_bytes` (weights in ``dtype`` +
+    activations + attention-capture accumulators). Returns ``{model: RunEstimate}``.
+
+    Raises:
+        MemoryBudgetError: naming the model, both numbers and the parameters that lower the need.
+    """
+    from ..analysis.capture import MemoryBudgetError
+    from ..models.memory import estimate_run_bytes
+
+    free = available_bytes(device) if available is None else available
+    out = {}
+    for m in models:
+        est = estimate_run_bytes(m, dtype, height, width, batch=batch_size, capture=capture)
+        if est.total > free:
+            raise MemoryBudgetError(
+                f"{m} on {device} in {dtype} needs about {est.describe()}, but {free / 2**30:.1f} GiB are free. "
+                f"Lower batch_size (now {batch_size}) or height/width, use dtype float16, select fewer models, "
+                f"or run on a larger device (see `aconv doctor` and the README's memory table).")
+        out[m] = est
+    return out
+
+
 def locality_studies(models: Sequence[str], *, cutoff: float = 0.1, order: int = 2,
                      artifact_threshold: Optional[float] = None, **gen):
     """Capture (or reuse from the cache) one study per model and analyse it per layer.
@@ -37,6 +75,8 @@ def locality_studies(models: Sequence[str], *, cutoff: float = 0.1, order: int =
     """
     from .studies import analyze_study, capture_study
 
+    check_memory(models, gen.get("device", "cpu"), gen.get("dtype", "float32"), height=gen.get("height"),
+                 width=gen.get("width"), batch_size=gen.get("batch_size", 1))
     studies = {m: capture_study(m, **gen) for m in models}   # cached under output_dir/captures, shared by 03-05
     extra = {} if artifact_threshold is None else {"artifact_threshold": artifact_threshold}
     frames = {m: analyze_study(s, cutoff=cutoff, order=order, **extra) for m, s in studies.items()}

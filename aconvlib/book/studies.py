@@ -54,8 +54,18 @@ def default_prompts(model: str, n: int, seed: int = 1234) -> list[str]:
     return [REAL_PROMPTS[i % len(REAL_PROMPTS)] for i in range(n)]
 
 
-def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str = "trained"):
-    """A text-to-image pipeline for ``model``; ``weights="random"`` builds an untrained mini model (tests only)."""
+SCHEDULERS = ("dpm", "pipeline")
+
+
+def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str = "trained", scheduler: str = "dpm"):
+    """A text-to-image pipeline for ``model``; ``weights="random"`` builds an untrained mini model (tests only).
+
+    ``scheduler="dpm"`` samples with DPM-Solver++ (multistep), as the paper does for every model, built from
+    the pipeline's own scheduler config (its noise schedule and prediction type); ``"pipeline"`` keeps the
+    scheduler the checkpoint ships (PNDM for SD1.5, Euler for SDXL, DPM-Solver for PixArt-Σ).
+    """
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     dtype = _dtype(dtype)
     if weights == "trained":
         from ..models import load_pipeline
@@ -73,6 +83,10 @@ def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str 
         pipe.to(device, dtype)
     else:
         raise ValueError(f"weights must be 'trained' (or 'random' for mini-sd / mini-dit), got {weights!r}")
+    if scheduler == "dpm" and type(pipe.scheduler).__name__ != "DPMSolverMultistepScheduler":
+        from diffusers import DPMSolverMultistepScheduler
+
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -150,7 +164,7 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
                   guidance_scale: float = 4.0, height: Optional[int] = None, width: Optional[int] = None,
                   seed: int = 0, device="cpu", dtype="float32", capture_steps=None, layers=None,
                   batch_size: int = 4, memory_budget_gb: float = 8.0, output_dir=None, weights: str = "trained",
-                  cache: bool = True, pipe=None, verbose: bool = True) -> CaptureStudy:
+                  cache: bool = True, pipe=None, verbose: bool = True, scheduler: str = "dpm") -> CaptureStudy:
     """Generate one image per prompt with ``model`` while capturing every self-attention map.
 
     Args:
@@ -162,6 +176,8 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
         layers: layer selection (default: all self-attention layers).
         output_dir: cache folder (``<output_dir>/captures``); None disables caching.
         pipe: an already loaded pipeline for ``model`` (skips loading).
+        scheduler: ``"dpm"`` (the paper's DPM-Solver++, default) or ``"pipeline"`` (the checkpoint's own);
+            see :func:`load_study_pipeline`.
     """
     spec = get_spec(model)
     height = height or spec.default_px
@@ -171,6 +187,8 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
                   height=height, width=width, seed=seed, dtype=str(_dtype(dtype)).replace("torch.", ""),
                   capture_steps=None if capture_steps is None else list(capture_steps), layers=layers,
                   batch_size=batch_size, fingerprint=_fingerprint(spec, weights))
+    if scheduler != "dpm":  # the default keeps the cache keys of earlier runs
+        params["scheduler"] = scheduler
     path = None
     if output_dir is not None:
         path = Path(output_dir) / "captures" / f"{spec.name}-{_key(params)}.pt"
@@ -180,7 +198,7 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
             if verbose:
                 print(f"[studies] loaded cached capture {path}")
             return study
-    pipe = pipe or load_study_pipeline(spec.name, device, dtype, weights)
+    pipe = pipe or load_study_pipeline(spec.name, device, dtype, weights, scheduler)
     images = []
     t0 = time.time()
     latent_hw = spec.latent_grid(height, width)

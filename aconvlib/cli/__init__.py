@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["aconvlib.cli.models", "aconvlib.cli.book", "aconvlib.cli.mini", "aconvlib.cli.distill",
+COMMAND_MODULES = ["aconvlib.cli.models", "aconvlib.cli.book", "aconvlib.cli.mini", "aconvlib.cli.distill", "aconvlib.cli.doctor",
                    "aconvlib.cli.convert"]
 
 

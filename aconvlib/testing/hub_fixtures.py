@@ -10,12 +10,26 @@ the layout ``huggingface_hub`` itself writes) holding tiny, deterministic, rando
 * ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers`` (where the 512 model's usage takes VAE, T5, tokenizer and
   scheduler from).
 
-Every repo has the published component classes, config keys and file names; only widths and depths shrink (see
-``_SHRINK`` notes beside each config). Cross-attention / caption widths (768, 2048, 4096), head counts or head dims,
-block topology, sample sizes, interpolation scales and prediction types are kept. With ``HF_HUB_CACHE`` pointing at
-the returned folder and ``HF_HUB_OFFLINE=1`` (or inside :func:`offline_hub`), plain
-``DiffusionPipeline.from_pretrained("<hub id>")`` and ``<Model>.from_pretrained("<hub id>", subfolder=...)`` load
-them unchanged. A repo that is not built gives ``huggingface_hub``'s usual offline "not cached" error.
+Every repo has the published component classes, config keys and file names; only widths and depths shrink (each
+shrunk value is marked ``# shrunk: <published value>`` in its config below). Cross-attention / caption widths
+(768, 2048, 4096), head counts (SD U-Nets) or head dims (PixArt 72), block topology, sample sizes, interpolation
+scales and prediction types are kept. With ``HF_HUB_CACHE`` pointing at the returned folder and
+``HF_HUB_OFFLINE=1`` (or inside :func:`offline_hub`), plain ``DiffusionPipeline.from_pretrained("<hub id>")`` and
+``<Model>.from_pretrained("<hub id>", subfolder=...)`` load them unchanged. A repo that is not built gives
+``huggingface_hub``'s usual offline error (a ``LocalEntryNotFoundError`` in the exception chain).
+
+Loading notes (true of the published repos too, with diffusers 0.42 / transformers 5 / huggingface_hub 2):
+
+* SDXL: the published text encoder configs say ``torch_dtype: float16``; transformers 5 honours it when no dtype
+  is passed while diffusers keeps the UNet in fp32, so a plain ``from_pretrained`` fails at generation with a
+  dtype mismatch. Pass ``dtype=torch.float32`` (diffusers 0.42 deprecates ``torch_dtype`` for ``dtype``).
+* PixArt-Sigma pipelines snap ``height``/``width`` to their 512/1024 px aspect-ratio bins unless
+  ``use_resolution_binning=False``.
+* ``AutoTokenizer.from_pretrained(id, subfolder="tokenizer")`` fails on these layouts (transformers 5 wants a
+  ``config.json`` there); the concrete classes (``CLIPTokenizer``, ``T5Tokenizer``) load, as diffusers does.
+* The T5 tokenizer is converted from ``spiece.model`` at load time: it needs ``sentencepiece`` and ``protobuf``.
+* These models are tiny: on a busy machine torch's intra-op threads slow them ~40x; use
+  ``torch.set_num_threads(1)`` in tests (the builder does so while it builds).
 
 Command line (prints the cache folder and sizes)::
 

@@ -1,0 +1,71 @@
+"""``aconv doctor``: what this machine can run — device, memory, versions, cached checkpoints, chapters."""
+from __future__ import annotations
+
+import importlib
+import os
+
+
+def _version(mod: str) -> str:
+    try:
+        return getattr(importlib.import_module(mod), "__version__", "installed")
+    except Exception as e:  # noqa: BLE001 - a broken install is exactly what doctor reports
+        return f"not importable ({type(e).__name__})"
+
+
+def report() -> dict:
+    """The facts ``aconv doctor`` prints, as a dict (also for tests)."""
+    import torch
+
+    from ..models import list_models
+    from ..models.memory import estimate_run_bytes
+    from ..models.registry import _not_in_cache
+
+    out = {"versions": {m: _version(m) for m in ("aconvlib", "torch", "diffusers", "transformers", "accelerate",
+                                                  "triton", "natten")}}
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        out["device"] = {"type": "cuda", "name": torch.cuda.get_device_name(), "free_gib": free / 2**30,
+                         "total_gib": total / 2**30}
+    else:
+        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+        free = pages * os.sysconf("SC_PAGE_SIZE") if pages else 0
+        out["device"] = {"type": "cpu", "name": f"CPU, {os.cpu_count()} cores", "free_gib": free / 2**30}
+    dtype = "float16" if out["device"]["type"] == "cuda" else "float32"
+    rows = []
+    for s in list_models():
+        cached = True if s.embedded else not any(_not_in_cache(r) for r in (s.hub_id, s.components_from) if r)
+        est = estimate_run_bytes(s.name, dtype, batch=1, capture=False).total / 2**30
+        rows.append({"model": s.name, "cached": cached, "est_gib": est,
+                     "fits": cached and est < out["device"]["free_gib"]})
+    out["models"] = rows
+    return out
+
+
+def _doctor(args) -> None:
+    r = report()
+    d = r["device"]
+    print(f"device: {d['name']} ({d['type']}), free memory {d['free_gib']:.1f} GiB")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()))
+    print(f"{'model':<20} {'weights here':<13} {'est. GiB (batch 1, CFG)':>24}  runnable here")
+    for m in r["models"]:
+        print(f"{m['model']:<20} {'yes' if m['cached'] else 'no':<13} {m['est_gib']:>24.1f}  "
+              f"{'yes' if m['fits'] else 'no'}")
+    try:
+        from ..book.runner import load_profile, select_chapters
+
+        print("chapters under profile 'full' (models they need):")
+        import json
+
+        for ch in select_chapters(None):
+            p = load_profile("full", ch.stem)
+            weights = json.loads(ch.read_text())["metadata"].get("aconv", {}).get("needs_weights", True)
+            need = [m for m in p.get("models", []) + [p[k] for k in ("na_model",) if k in p]] if weights else []
+            ok = all(next((m2["fits"] for m2 in r["models"] if m2["model"] == m), True) for m in need)
+            print(f"  {ch.stem:<22} {'yes' if ok else 'no ':<4} {', '.join(dict.fromkeys(need)) or '-'}")
+    except Exception as e:  # noqa: BLE001 - outside a checkout there are no chapters to list
+        print(f"chapters: not listed ({e})")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="device, memory, versions, cached checkpoints and runnable chapters")
+    p.set_defaults(func=_doctor)

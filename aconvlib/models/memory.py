@@ -1,0 +1,111 @@
+"""Memory estimates of a model run, before any work: weights in their dtype plus working memory.
+
+Denoiser parameters are counted exactly from the shipped architecture config (on the ``meta`` device,
+no allocation). The other pipeline components (text encoders, VAE, safety checker) are not shipped as
+configs; their parameter counts are the published checkpoints' (``ModelSpec.other_params``, rounded).
+Working memory is a documented rule of thumb (see :func:`estimate_run_bytes`), not a measurement.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .layers import self_attention_layers
+from .registry import get_spec, load_denoiser
+
+__all__ = ["RunEstimate", "cached_params", "denoiser_params", "dtype_bytes", "estimate_run_bytes"]
+
+# Parameters of the published non-denoiser components (text encoder(s), VAE, safety checker), millions.
+OTHER_PARAMS_M = {
+    "sd15": 123.1 + 83.7 + 304.3,        # CLIP ViT-L/14 text encoder, SD VAE, safety checker
+    "sdxl": 123.1 + 694.7 + 83.7,        # CLIP ViT-L/14, OpenCLIP ViT-bigG/14 (with projection), SDXL VAE
+    "pixart-sigma-512": 4762.3 + 83.7,   # T5-v1.1-XXL encoder, SDXL VAE
+    "pixart-sigma-1024": 4762.3 + 83.7,
+}
+
+
+def dtype_bytes(dtype) -> int:
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.replace("torch.", ""))
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def cached_params(repo_id: str) -> int | None:
+    """Parameters of a checkpoint in the local Hugging Face cache, counted from its safetensors headers
+    (non-variant files; None if the repo is not cached)."""
+    from huggingface_hub import scan_cache_dir
+    from safetensors import safe_open
+
+    try:
+        repo = next((r for r in scan_cache_dir().repos if r.repo_id == repo_id), None)
+    except Exception:  # no cache folder
+        return None
+    if repo is None or not repo.revisions:
+        return None
+    snap = max(repo.revisions, key=lambda r: r.last_modified).snapshot_path
+    total = 0
+    for f in snap.rglob("*.safetensors"):
+        if f.name.count(".") > 1:  # variant files (*.fp16.safetensors) duplicate the plain ones
+            continue
+        with safe_open(str(f), "pt") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+    return total
+
+
+@functools.lru_cache(maxsize=None)
+def denoiser_params(model: str) -> int:
+    """Exact parameter count of a registered model's denoiser (from its config, nothing allocated)."""
+    den = load_denoiser(model, weights=False, device="meta")
+    return sum(p.numel() for p in den.parameters())
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """Bytes of one run, by part; ``total`` is their sum."""
+
+    weights: int
+    activations: int
+    capture: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations + self.capture
+
+    def describe(self) -> str:
+        g = 2 ** 30
+        return (f"{self.total / g:.1f} GiB (weights {self.weights / g:.1f}, activations ~{self.activations / g:.1f}, "
+                f"attention capture {self.capture / g:.1f})")
+
+
+def estimate_run_bytes(model: str, dtype="float16", height: int | None = None, width: int | None = None,
+                       batch: int = 1, cfg: bool = True, capture: bool = False) -> RunEstimate:
+    """Estimate the device memory of generating ``batch`` images of ``height``×``width`` with ``model``.
+
+    - weights: all components in ``dtype``: counted from the checkpoint's files when it is in the local
+      cache, else the denoiser from its shipped config and the others from published sizes;
+    - activations: ``6 ×`` the largest self-attention layer's tokens × channels × (batch, ×2 with CFG), in
+      ``dtype``, for the residual stream and the projections, plus the dense attention scores of one head
+      (N² per item, fp32) as the upper bound of an SDPA math fallback; and the VAE decode at full size
+      (256 channels at H×W, 2 tensors);
+    - capture: one fp32 [N, N] accumulator per self-attention layer plus a 256 MiB workspace, when ``capture``.
+    """
+    spec = get_spec(model)
+    h, w = height or spec.default_px, width or spec.default_px
+    b = dtype_bytes(dtype)
+    cached = None if spec.embedded else [cached_params(r) for r in (spec.hub_id, spec.components_from) if r]
+    if spec.embedded:
+        n_params = sum(p.numel() for p in load_denoiser(spec.name).parameters())
+    elif cached and all(c is not None for c in cached):
+        n_params = sum(cached)
+    else:
+        n_params = denoiser_params(spec.name) + int(1e6 * OTHER_PARAMS_M.get(spec.name, 0.0))
+    den = load_denoiser(spec.name, weights=False, device="meta") if not spec.embedded else load_denoiser(spec.name)
+    layers = self_attention_layers(den, spec.latent_grid(h, w))
+    items = batch * (2 if cfg else 1)
+    big = max(layers, key=lambda l: l.tokens)
+    act = 6 * items * big.tokens * big.channels * b + items * big.tokens ** 2 * 4 + 2 * batch * 256 * h * w * b
+    cap = sum(4 * l.tokens ** 2 for l in layers) + 3 * 256 * 2 ** 20 if capture else 0
+    return RunEstimate(n_params * b, act, cap)
