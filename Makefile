@@ -4,15 +4,19 @@
 #   make test   set up .venv if needed, then everything CI checks: the chapters + book build +
 #               offline check, the non-editable install check, then every test (slow ones included)
 #   make unit   the fast tests only (pytest's default deselects those marked slow)
+#   make ci-real every chapter's `full` code on the CPU against tiny random-weight checkpoints in the published
+#               hub layouts (built into $(HUB_FIXTURES)); executed chapters go to runs/ci-real/chapters, the
+#               book's own chapters stay as the smoke run left them (part of `make test`)
 # Both are idempotent: the environment is installed once (stamp file) and reused.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= smoke
+HUB_FIXTURES ?= runs/hub-fixtures
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.aconv-installed
 
-.PHONY: setup book test unit clean-book
+.PHONY: setup book test unit ci-real clean-book
 
 setup: $(STAMP)
 
@@ -34,8 +38,15 @@ unit: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/aconv book --profile smoke
+	$(MAKE) ci-real
+	$(BIN)/aconv regress --profile smoke --no-execute
 	bash scripts/check_install.sh
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
+
+ci-real: $(STAMP)
+	$(BIN)/python -m aconvlib.testing.hub_fixtures $(HUB_FIXTURES)
+	HF_HOME=$(abspath $(HUB_FIXTURES)) HF_HUB_CACHE=$(abspath $(HUB_FIXTURES))/hub HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+		$(BIN)/aconv book --profile ci-real --no-build --out-dir runs/ci-real/chapters
 
 clean-book:
 	rm -rf book/_build book/chapters

@@ -102,3 +102,59 @@ def test_cli_lists_models(capsys):
     with pytest.raises(SystemExit) as e:  # argparse usage error: one line, exit 2
         main(["layers", "no-such-model"])
     assert e.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ci-real: the `full` code on the CPU, in minutes (every chapter against the tiny hub fixtures, in CI)
+# ---------------------------------------------------------------------------------------------------------------
+
+#: What ci-real may change relative to `full`: where it runs and how big it is; nothing that changes the code path.
+CI_REAL_MAY_CHANGE = {
+    "device", "dtype", "threads", "output_dir",                                   # where and how
+    "n_prompts", "steps", "n_images", "height", "width", "batch_size",            # sizes
+    "n_classifier", "n_real", "n_show", "n_cross", "na_prompts", "na_eval_prompts", "n_real_prompts",   # counts
+}
+
+
+def test_ci_real_differs_from_full_only_in_device_dtype_threads_output_and_sizes():
+    import yaml
+
+    from aconvlib.book.runner import profiles_file
+
+    profiles = yaml.safe_load(profiles_file().read_text())
+    assert profiles["ci-real"]["inherits"] == "full"
+    for ch in select_chapters(None):
+        full, ci = load_profile("full", ch.stem), load_profile("ci-real", ch.stem)
+        changed = {k for k in set(full) | set(ci) if full.get(k, "<unset>") != ci.get(k, "<unset>")}
+        assert changed <= CI_REAL_MAY_CHANGE, (ch.stem, changed - CI_REAL_MAY_CHANGE)
+        assert (ci["device"], ci["dtype"], ci["threads"]) == ("cpu", "float32", 1), ch.stem
+        assert ci["output_dir"] != full["output_dir"] and "ci-real" in ci["output_dir"]
+        for k in ("models", "na_model", "real_models", "real_adapters", "table_model", "weights"):
+            assert ci.get(k) == full.get(k), (ch.stem, k)   # the same models as `full`: the real ones
+
+
+def test_ci_real_keys_are_declared_parameters():
+    import papermill
+
+    for ch in select_chapters(None):
+        declared = set(papermill.inspect_notebook(str(ch)))
+        assert set(load_profile("ci-real", ch.stem)) <= declared, ch.stem
+
+
+def test_full_profile_selects_the_real_models():
+    real = {"sd15", "sdxl", "pixart-sigma-512"}
+    for ch in ("02_attention_maps", "03_asm_highpass", "04_prior_context", "05_erf"):
+        assert set(load_profile("full", ch)["models"]) == real, ch
+    ch7 = load_profile("full", "07_distillation")
+    assert set(ch7["real_models"]) == real and ch7["real_adapters"] == {}
+    assert load_profile("smoke", "07_distillation")["real_models"] == []
+
+
+def test_out_dir_keeps_the_book_chapters_apart(tmp_path):
+    from aconvlib.book.runner import run_book
+    from aconvlib.cli import main
+
+    with pytest.raises(ChapterError, match="build=False"):
+        run_book(["00"], "smoke", build=True, out_dir=tmp_path)
+    assert main(["book", "00", "--out-dir", str(tmp_path)]) == 1   # usage error (needs --no-build), before any work
+    assert not any(tmp_path.iterdir())

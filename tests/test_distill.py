@@ -149,3 +149,71 @@ def test_mini_batches_cycle_image_sizes_by_step():
     assert x_resumed.shape[-1] == 64  # step 1 is a 128 px batch also after a resume
     with pytest.raises(ValueError, match="multiples of 16"):
         next(mini_batches(pipe, 2, image_sizes=(64, 100)))
+
+
+# ------------------------------------------------------------------------------------------------
+# any trainable mixer kind: LinFusion-style linear attention distilled like ΔConv
+# ------------------------------------------------------------------------------------------------
+def _tiny_teacher():
+    from types import SimpleNamespace
+
+    from conftest import tiny_unet
+    from diffusers import DDPMScheduler
+
+    return SimpleNamespace(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+
+
+def _random_batches(start):
+    g = torch.Generator().manual_seed(100 + start)
+    while True:
+        yield torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 3, 32, generator=g)
+
+
+def test_linear_attention_student_distills_two_steps_and_changes_only_its_mixers(tmp_path):
+    from conftest import run_tiny, tiny_unet
+
+    from aconvlib.mixers.convert import LinearAttentionAdapter, load_mixer, mixer_layers
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared cores: one thread is much faster on tiny models
+    try:
+        teacher = _tiny_teacher()
+        teacher_before = {k: v.clone() for k, v in teacher.unet.state_dict().items()}
+        student = make_student(teacher, kind="linear", seed=0, hidden_ratio=0.5)
+        assert isinstance(get_adapter(student), LinearAttentionAdapter)
+        assert {m.kind for _, m in mixer_layers(student.unet)} == {"linear"}
+        before = {k: v.clone() for k, v in student.unet.state_dict().items()}
+        cfg = DistillConfig(steps=2, batch=2, warmup=1, log_every=1, mixer="linear")
+        summary = Distiller(teacher, student, _random_batches, cfg, tmp_path, quiet=True).run()
+        assert summary["finished"] and summary["step"] == 2
+        after = student.unet.state_dict()
+        changed = {k for k in after if not torch.equal(before[k], after[k])}
+        assert changed and all(".attn1.block." in k for k in changed)  # only the linear attentions moved
+        assert {k.split(".attn1.block.")[1].split(".")[0] for k in changed} <= {"to_q", "to_k", "to_v", "to_out",
+                                                                                "f_q", "f_k"}
+        assert all(torch.equal(teacher_before[k], v) for k, v in teacher.unet.state_dict().items())
+        log = [json.loads(l) for l in (tmp_path / "distill_log.jsonl").read_text().splitlines()]
+        assert log[0]["feat"] > 0 and json.loads((tmp_path / "config.json").read_text())["mixer"] == "linear"
+        reloaded = load_mixer(tiny_unet(), str(tmp_path / "adapter"))  # the saved result is a linear adapter
+        assert isinstance(get_adapter(reloaded), LinearAttentionAdapter)
+        student.unet.eval()
+        assert torch.equal(run_tiny(reloaded), run_tiny(student.unet))
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_distill_config_names_a_trainable_mixer_and_student_must_match(tmp_path):
+    assert DistillConfig().mixer == "deltaconv"
+    assert DistillConfig(mixer="linear").mixer == "linear"
+    with pytest.raises(ValueError, match="training-free .* nothing to distill"):
+        DistillConfig(mixer="window")
+    with pytest.raises(ValueError, match=r"mixer must be one of \('deltaconv', 'linear'\)"):
+        DistillConfig(mixer="mamba")
+    teacher = _tiny_teacher()
+    with pytest.raises(ValueError, match="nothing to distill"):
+        make_student(teacher, kind="window")
+    with pytest.raises(ValueError, match="applies to ΔConv students"):
+        make_student(teacher, 5, kind="linear")
+    student = make_student(teacher, 3)  # ΔConv
+    with pytest.raises(ValueError, match="holds deltaconv mixers but the config says mixer='linear'"):
+        Distiller(teacher, student, _random_batches, DistillConfig(steps=1, mixer="linear"), tmp_path, quiet=True)

@@ -45,3 +45,97 @@ def test_paper_table1_self_attention_row_is_reproduced():
     t = table1_comparison()
     assert len(t) == 12
     assert ((t["attn ours/paper"] - 1).abs() < 0.005).all(), t[["model", "size", "attn ours/paper"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# every mixer kind: per-layer rows, FlopCounterMode cross-check, Table 1 baselines
+# ------------------------------------------------------------------------------------------------
+import torch  # noqa: E402
+from conftest import tiny_pixart, tiny_unet  # noqa: E402
+
+from aconvlib.mixers.convert import get_adapter, mixer_layers, to_mixer  # noqa: E402
+from aconvlib.mixers.flops import (count_mixer_flops, deltaconv_flops, deltaconv_flops_breakdown,  # noqa: E402
+                                   ditfastattn_window, linear_attention_params, mixer_table, mixer_table_frame,
+                                   table1_comparison)
+
+OPTIONS = {"deltaconv": dict(kernel_sizes=3), "linear": dict(hidden_ratio=0.5), "window": dict(window=5, mode="2d")}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_deltaconv_breakdown_is_the_formula_split():
+    # hand count, grid 5×7, C = 16, K = 3, Ci = 8, stages 5×7 and 2×3:
+    # matmul 2·35·16·8 + 2·35·9·8 + 2·6·9·8 + 2·35·8·16 + 2·16² = 24336
+    # other  35·8 + (35·8 + 8·35·4) + (35·4 + 6·4) + 3·35·16 + 16 = 3540
+    assert deltaconv_flops_breakdown((5, 7), 16, 3) == {"matmul": 24336, "elementwise": 3540}
+    assert deltaconv_flops((5, 7), 16, 3) == 27876
+
+
+@pytest.mark.parametrize("kind", list(OPTIONS))
+@pytest.mark.parametrize("make,hw", [(tiny_unet, (12, 20)), (tiny_pixart, (6, 10))], ids=["unet", "pixart"])
+def test_flop_counter_agrees_with_the_formulas(kind, make, hw):
+    """FlopCounterMode sees exactly the matrix-product part of each formula (see count_mixer_flops)."""
+    model = to_mixer(make(), kind, **OPTIONS[kind])
+    rows = count_mixer_flops(model, hw, batch=2)
+    assert [r["layer"] for r in rows] == [n for n, _ in mixer_layers(model)]
+    for r in rows:
+        assert r["matches"], r
+        n = r["grid"][0] * r["grid"][1]
+        if kind == "window":  # projections (+ the dense N×N product where PyTorch counts the SDPA kernel)
+            assert r["counted"] in (r["expected"], r["expected"] + r["dense_sdpa"])
+            assert 0 < r["formula"] - r["expected"] < r["dense_sdpa"] + 2 * 4 * n * n  # window pairs < N²
+        else:
+            assert r["counted"] == r["expected"] < r["formula"]  # elementwise work is not counted
+
+
+@pytest.mark.parametrize("kind", list(OPTIONS))
+def test_mixer_table_of_a_stock_model_equals_that_of_the_converted_one(kind):
+    stock, converted = tiny_unet(), to_mixer(tiny_unet(), kind, **OPTIONS[kind])
+    a, b = mixer_table(stock, kind, (12, 20), **OPTIONS[kind]), mixer_table(converted, latent_hw=(12, 20))
+    key = lambda r: (r.name, r.kind, r.grid, r.size, r.attn_params, r.mixer_params, r.attn_flops,  # noqa: E731
+                     r.mixer_flops, r.counted_flops, r.formula)
+    assert [key(r) for r in a] == [key(r) for r in b] and len(a) == 7
+    own = {n: sum(p.numel() for p in m.block.parameters()) for n, m in mixer_layers(converted)}
+    if kind == "window":
+        assert all(r.mixer_params == 0 for r in b)  # runs on attn1's weights
+    else:
+        assert {r.name: r.mixer_params for r in b} == own
+        assert sum(own.values()) == sum(p.numel() for p in get_adapter(converted).parameters())
+    df = mixer_table_frame(b)
+    assert df["layer"].iloc[-1] == "TOTAL" and df["mixer GFLOPs (2/MAC)"].iloc[-1] == pytest.approx(
+        sum(r.mixer_flops for r in b) / 1e9)
+    with pytest.raises(ValueError, match="already holds"):
+        mixer_table(converted, "deltaconv" if kind != "deltaconv" else "linear")
+
+
+@pytest.mark.parametrize("c,ratio,qkv_bias", [(16, 1.0, False), (24, 0.5, True), (320, 1.5, False)])
+def test_linear_attention_params_formula(c, ratio, qkv_bias):
+    from aconvlib.mixers.linear_attention import GeneralizedLinearAttention
+
+    m = GeneralizedLinearAttention(c, 4, c // 4, hidden_ratio=ratio, qkv_bias=qkv_bias)
+    assert linear_attention_params(c, ratio, qkv_bias) == sum(p.numel() for p in m.parameters())
+
+
+def test_table1_linfusion_and_ditfastattn_rows():
+    t = table1_comparison()
+    assert len(t) == 12
+    pix, sd = t[t["model"] == "pixart"].set_index("size"), t[t["model"] == "sd15"].set_index("size")
+    # DiTFastAttn: back-solved window reproduces the paper; it keeps 72-90% of the N² work
+    assert ((pix["DiTFastAttn ours/paper"] - 1).abs() < 2e-4).all()
+    assert pix["DiTFastAttn kept N² share"].between(0.70, 0.90).all()
+    assert (pix["DiTFastAttn window (1d)"] % 2 == 1).all() and sd["DiTFastAttn paper"].isna().all()
+    # LinFusion: the paper counts the state as one C×C head (within 1.2%); per-head it is ~0.8 of the paper
+    other = t[~((t["model"] == "pixart") & (t["size"] == "2K"))]
+    assert other["LinFusion ours (1 head)/paper"].between(0.985, 0.992).all()
+    assert other["LinFusion ours/paper"].between(0.80, 0.82).all()
+    # the paper's PixArt-2K LinFusion entry is for 2560×1440 (14,400 tokens), not the 2048² of its attention column
+    assert abs(pix.loc["2K", "LinFusion paper tokens"] - 14400) <= 2 and pix.loc["2K", "grid"] == "128×128"
+    assert list(table1_comparison(baselines=False).columns) == list(t.columns[:12])
+    rho, w = ditfastattn_window(1024, 1152, 30.41e9)
+    assert 0.89 < rho < 0.90 and w == 1387

@@ -5,11 +5,15 @@ Chapter sources are the notebooks in ``notebooks/`` of the book's checkout; each
 settings) live in one place, ``notebooks/profiles.yml``: a ``defaults`` block plus per-chapter
 overrides. Executed notebooks are written to ``book/chapters/`` and the HTML is built from them with
 jupyter-book 1.x without re-executing. The checkout is found from the current directory upwards
-(or ``ACONV_BOOK_ROOT``), never from where the package is installed.
+(or ``ACONV_BOOK_ROOT``), never from where the package is installed. Each executed notebook gets a
+records file beside it (``<chapter>.records.json``: the numbers the chapter states, for ``aconv regress``;
+see :mod:`aconvlib.book.records`), whose path reaches the chapter's kernel in ``$ACONV_RECORDS``.
 """
 from __future__ import annotations
 
+import contextlib
 import html.parser
+import os
 import re
 import subprocess
 import sys
@@ -18,11 +22,38 @@ from pathlib import Path
 
 import yaml
 
-import os
+from .records import ENV_CHAPTER, ENV_PATH, ENV_PROFILE, records_path_for
+
+
+REGRESSION_REPORT = "regression_report.md"   # in book/: written by `aconv regress`, included by book/regression.md
 
 
 class ChapterError(RuntimeError):
     """A chapter failed to execute; the message names the chapter and the failing cell."""
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    """Set environment variables for the duration (the chapter's kernel inherits them), then restore."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _finish_records(sidecar: Path, chapter: str, profile: str, status: str, seconds: float) -> None:
+    """Stamp the chapter's records file with how the run ended (created, empty, if the chapter recorded nothing)."""
+    from . import records
+
+    doc = records.load_sidecar(sidecar) if sidecar.exists() else records.Recorder(chapter, profile).document()
+    doc.update(status=status, executed_s=round(seconds, 1))
+    records.write_json(sidecar, doc)
 
 
 def book_root(start: Path | None = None) -> Path:
@@ -124,15 +155,23 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path | None = N
     out_dir = Path(out_dir or book_dir() / "chapters")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
+    # The chapter's record() calls write beside the executed notebook (aconvlib.book.records).
+    sidecar = records_path_for(out)
+    sidecar.unlink(missing_ok=True)
+    env = {ENV_PATH: str(sidecar.resolve()), ENV_CHAPTER: path.stem, ENV_PROFILE: profile}
     t0 = time.time()
     try:
-        papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
-                                   progress_bar=False, kernel_name="python3", execution_timeout=timeout)
+        with _environ(env):
+            papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+                                       progress_bar=False, kernel_name="python3", execution_timeout=timeout)
     except PapermillExecutionError as e:
+        _finish_records(sidecar, path.stem, profile, f"failed in cell {e.cell_index}: {e.ename}", time.time() - t0)
         raise ChapterError(f"chapter {path.stem!r} failed in cell {e.cell_index} "
                            f"(execution count {e.exec_count}): {e.ename}: {e.evalue}") from None
     except Exception as e:  # kernel died, timeout, bad notebook
+        _finish_records(sidecar, path.stem, profile, f"failed: {type(e).__name__}", time.time() - t0)
         raise ChapterError(f"chapter {path.stem!r} failed: {type(e).__name__}: {e}") from None
+    _finish_records(sidecar, path.stem, profile, "complete", time.time() - t0)
     print(f"[aconv] {path.stem}: executed under profile {profile!r} in {time.time() - t0:.1f} s -> {out}")
     return out
 
@@ -141,6 +180,11 @@ def build_html(book_path: Path | None = None) -> Path:
     """Build the HTML book with jupyter-book 1.x (no execution); return ``_build/html``."""
     exe = Path(sys.executable).with_name("jupyter-book")
     book_path = Path(book_path or book_dir())
+    report = book_path / REGRESSION_REPORT      # the appendix includes it; a fresh checkout has none yet
+    if (book_path / "regression.md").exists() and not report.exists():
+        report.write_text("No comparison has been run in this checkout yet: `aconv regress --profile smoke` "
+                          "executes the chapters and compares their records with the references "
+                          "(`--no-execute` reuses executed chapters), then `aconv build` shows the result here.\n")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_path), "--builder", "html"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -200,10 +244,18 @@ def check_offline(html_dir: Path | None = None) -> None:
 
 
 def run_book(selection: list[str] | None = None, profile: str = "smoke", build: bool = True,
-             extra: dict | None = None) -> Path | None:
-    """Execute the selected chapters under ``profile``, then build and check the HTML book."""
+             extra: dict | None = None, out_dir: Path | None = None) -> Path | None:
+    """Execute the selected chapters under ``profile``, then build and check the HTML book.
+
+    ``out_dir`` sends the executed notebooks (and their records) elsewhere than ``book/chapters`` (e.g.
+    ``runs/ci-real/chapters``), leaving the book's chapters untouched; the HTML is built only from
+    ``book/chapters``, so ``build`` must be False then.
+    """
+    if out_dir is not None and build:
+        raise ChapterError("chapters executed into another folder (out_dir) are not part of the book: "
+                           "pass build=False (`aconv book --no-build --out-dir ...`)")
     for path in select_chapters(selection):
-        execute_chapter(path, profile, extra=extra)
+        execute_chapter(path, profile, out_dir=out_dir, extra=extra)
     if not build:
         return None
     html_dir = build_html()
@@ -212,5 +264,5 @@ def run_book(selection: list[str] | None = None, profile: str = "smoke", build: 
     return html_dir
 
 
-__all__ = ["ChapterError", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
+__all__ = ["REGRESSION_REPORT", "ChapterError", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
            "external_resources", "load_profile", "run_book", "select_chapters"]

@@ -1,5 +1,5 @@
-"""The chapters' common setup, in one place: seeds, CPU threads, display options, output folder, the
-locality studies shared by chapters 02–05, and the paper's numeric thresholds."""
+"""The chapters' common setup, in one place: seeds, deterministic algorithms, CPU threads, display options,
+output folder, the locality studies shared by chapters 02–05, and the paper's numeric thresholds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,12 +11,22 @@ __all__ = ["check_memory", "locality_studies", "paper_thresholds", "setup_chapte
 
 
 def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optional[int] = None) -> Path:
-    """Seed torch, set the CPU thread count (None: torch's default), pandas display precision; return
-    ``output_dir/chapter`` (created)."""
+    """Seed torch, ask for deterministic algorithms (warn, not fail, where an op has none), set the CPU
+    thread count (None: torch's default), pandas display precision, name the chapter for its records
+    (:mod:`aconvlib.book.records`); return ``output_dir/chapter`` (created)."""
+    import os
+
     import pandas as pd
     import torch
 
+    from . import records
+
+    records.set_chapter(chapter)
     torch.manual_seed(seed)
+    # Same numbers on a rerun where that is cheap (the regression records, `aconv regress`); cuBLAS needs
+    # its workspace setting before CUDA starts. Ops without a deterministic version only warn.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
     if threads:
         if int(threads) < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads}")

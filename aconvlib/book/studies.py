@@ -23,8 +23,8 @@ from ..analysis import locality as L
 from ..analysis.capture import capture_self_attention
 from ..models import get_spec
 
-__all__ = ["CaptureStudy", "analyze_study", "capture_study", "default_prompts", "layer_label", "load_study_pipeline",
-           "window_share"]
+__all__ = ["CaptureStudy", "analyze_study", "capture_study", "default_prompts", "generation_kwargs", "layer_label",
+           "load_study_pipeline", "window_share"]
 
 # Generic prompts for the real models (the paper uses Text2Image-Multi-Prompt; any varied set works).
 REAL_PROMPTS = [
@@ -55,6 +55,22 @@ def default_prompts(model: str, n: int, seed: int = 1234) -> list[str]:
 
 
 SCHEDULERS = ("dpm", "pipeline")
+
+
+def generation_kwargs(pipe) -> dict:
+    """Extra call arguments so that ``pipe`` generates exactly the requested height and width.
+
+    PixArt pipelines snap sizes to their aspect-ratio bins (and resize the result back) unless
+    ``use_resolution_binning=False``; a capture at a snapped size would not match the requested token grid.
+    """
+    import inspect
+
+    call = getattr(type(pipe), "__call__", None)
+    try:
+        params = inspect.signature(call).parameters if call is not None else {}
+    except (TypeError, ValueError):
+        params = {}
+    return {"use_resolution_binning": False} if "use_resolution_binning" in params else {}
 
 
 def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str = "trained", scheduler: str = "dpm"):
@@ -207,7 +223,7 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
         for i in range(0, len(prompts), batch_size):
             gen = torch.Generator("cpu").manual_seed(seed + i)
             out = pipe(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       generator=gen, height=height, width=width)
+                       generator=gen, height=height, width=width, **generation_kwargs(pipe))
             images += [np.asarray(im.convert("RGB")) for im in out.images]
     seconds = time.time() - t0
     layer_info = [dict(name=lay.name, label=layer_label(lay.name), level=lay.level, grid=cap.grids[lay.name],

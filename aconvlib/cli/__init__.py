@@ -12,18 +12,20 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["aconvlib.cli.models", "aconvlib.cli.book", "aconvlib.cli.mini", "aconvlib.cli.distill", "aconvlib.cli.doctor",
+COMMAND_MODULES = ["aconvlib.cli.models", "aconvlib.cli.book", "aconvlib.cli.regress", "aconvlib.cli.mini", "aconvlib.cli.distill", "aconvlib.cli.doctor",
                    "aconvlib.cli.convert"]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the user asked for something impossible (one line, no traceback)."""
     from ..analysis.capture import MemoryBudgetError
+    from ..book.regression import RegressionError
     from ..book.runner import ChapterError
-    from ..models import MissingWeightsError, UnknownModelError
+    from ..models import MissingWeightsError, UnknownModelError, UnsupportedPipelineError
     from .options import UsageError
 
-    return (ChapterError, MissingWeightsError, UnknownModelError, MemoryBudgetError, UsageError, FileNotFoundError)
+    return (ChapterError, RegressionError, MissingWeightsError, UnknownModelError, UnsupportedPipelineError,
+            MemoryBudgetError, UsageError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

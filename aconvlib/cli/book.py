@@ -23,7 +23,11 @@ def _book(a) -> None:
 
     chapters = select_chapters(a.chapters)          # unknown chapter names fail here, before any work
     load_profile(a.profile, chapters[0].stem)       # unknown profile fails here
-    run_book(a.chapters, a.profile, not a.no_build, _params(a.param))
+    if a.out_dir and not a.no_build:
+        from .options import UsageError
+
+        raise UsageError("--out-dir writes the executed chapters outside the book: add --no-build")
+    run_book(a.chapters, a.profile, not a.no_build, _params(a.param), Path(a.out_dir) if a.out_dir else None)
 
 
 def register(sub) -> None:
@@ -31,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("chapters", nargs="*", help="chapter names or numbers (default: all)")
     p.add_argument("--profile", default="smoke", help="parameter profile from notebooks/profiles.yml")
     p.add_argument("--no-build", action="store_true", help="only execute the chapters")
+    p.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="write the executed chapters here instead of book/chapters (needs --no-build), e.g. "
+                        "runs/ci-real/chapters, so that a ci-real or full run leaves the book's chapters as they are")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="override a chapter parameter (YAML value), e.g. -p models=[sd15]; a parameter the "
                         "chapter does not declare is an error")

@@ -12,6 +12,12 @@ def _version(mod: str) -> str:
         return f"not importable ({type(e).__name__})"
 
 
+def chapter_models(params: dict) -> list[str]:
+    """The models a chapter loads under a profile's parameters (``models``, ``na_model``, ``real_models``)."""
+    na = [params["na_model"]] if params.get("na_model") else []
+    return list(dict.fromkeys(list(params.get("models") or []) + na + list(params.get("real_models") or [])))
+
+
 def report() -> dict:
     """The facts ``aconv doctor`` prints, as a dict (also for tests)."""
     import torch
@@ -59,7 +65,7 @@ def _doctor(args) -> None:
         for ch in select_chapters(None):
             p = load_profile("full", ch.stem)
             weights = json.loads(ch.read_text())["metadata"].get("aconv", {}).get("needs_weights", True)
-            need = [m for m in p.get("models", []) + [p[k] for k in ("na_model",) if k in p]] if weights else []
+            need = chapter_models(p) if weights else []
             ok = all(next((m2["fits"] for m2 in r["models"] if m2["model"] == m), True) for m in need)
             print(f"  {ch.stem:<22} {'yes' if ok else 'no ':<4} {', '.join(dict.fromkeys(need)) or '-'}")
     except Exception as e:  # noqa: BLE001 - outside a checkout there are no chapters to list

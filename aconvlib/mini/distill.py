@@ -51,7 +51,7 @@ def distill_mini(model: str = "mini-sd", out="runs/distill-mini-sd", device="cpu
                          "for real models build a Distiller with your own latent/text batches")
     cfg = DistillConfig(**overrides)
     teacher = load_pipeline(model, device=device)
-    student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter)
+    student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter, kind=cfg.mixer)
     batches = lambda start: distill_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, device, start,  # noqa: E731
                                             cfg.image_sizes)
     return Distiller(teacher, student, batches, cfg, out, device, resume, quiet).run()

@@ -12,6 +12,8 @@ evaluated on unseen ``heldout`` images.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 from pathlib import Path
 
@@ -142,6 +144,14 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
 
 
+@functools.lru_cache(maxsize=4)
+@torch.no_grad()
+def _real_features(n_real: int) -> torch.Tensor:
+    """The shipped classifier's features of the first ``n_real`` real held-out images (the FDD reference), computed
+    once per process: every evaluate_model call of a chapter compares against the same set."""
+    return predict(AttributeClassifier.load(), data.make_batch(range(n_real), 999, "heldout")["pixel_values"])["features"]
+
+
 @torch.no_grad()
 def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int = 20,
                    guidance_scale: float = 4.5, seed: int = 0, batch_size: int = 64, classifier=None,
@@ -171,8 +181,11 @@ def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int
     pred = predict(clf, imgs * 2 - 1)
     lab = data.labels([data.parse_caption(p) for p in prompts])
     acc = attribute_accuracy(pred, lab)
-    real = data.make_batch(range(n_real), 999, "heldout")["pixel_values"]
-    fdd = frechet_distance(pred["features"], predict(clf, real)["features"])
+    if classifier is None:
+        real_features = _real_features(n_real)
+    else:
+        real_features = predict(clf, data.make_batch(range(n_real), 999, "heldout")["pixel_values"])["features"]
+    fdd = frechet_distance(pred["features"], real_features)
     res = {"n_prompts": len(prompts), "prompt_adherence": acc.pop("scene"), **acc, "fdd": fdd,
            "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": type(pipe.scheduler).__name__}
     if return_images:

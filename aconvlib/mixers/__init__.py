@@ -1,15 +1,26 @@
 """Token mixers (above analysis, below training): the ΔConvBlock (:mod:`~aconvlib.mixers.deltaconv`)
-and its Triton kernels (:mod:`~aconvlib.mixers.kernels`), one-line conversion of a diffusers
-denoiser and its save/load (:mod:`~aconvlib.mixers.convert`), neighborhood attention in place of
-self-attention (:mod:`~aconvlib.mixers.neighborhood`), the baselines of the paper's comparison,
-FLOP counts (:mod:`~aconvlib.mixers.flops`) and the per-module benchmark.
+and its Triton kernels (:mod:`~aconvlib.mixers.kernels`), the paper's baselines — LinFusion-style
+linear attention (:mod:`~aconvlib.mixers.linear_attention`) and DiTFastAttn-style window attention
+(:mod:`~aconvlib.mixers.window_attention`) —, one conversion machinery that mounts any of them in
+place of every ``attn1`` of a diffusers denoiser, with save/load and restore
+(:mod:`~aconvlib.mixers.convert`: ``to_mixer``, ``to_deltaconv``, ``restore_attention``), neighborhood
+attention in place of self-attention (:mod:`~aconvlib.mixers.neighborhood`), FLOP counts
+(:mod:`~aconvlib.mixers.flops`) and the per-module benchmark.
 """
-from .convert import (DeltaConvAdapter, DeltaConvSelfAttention, build_adapter, deltaconv_layers, get_adapter,
-                      latent_size, load_deltaconv, resolve_kernel_sizes, save_deltaconv, to_deltaconv)
+from .convert import (MIXER_KINDS, MIXERS, TRAINABLE_KINDS, DeltaConvAdapter, DeltaConvSelfAttention,
+                      LinearAttentionAdapter, MixerAdapter, MixerSelfAttention, WindowAttentionAdapter, build_adapter,
+                      build_mixer_adapter, deltaconv_layers, get_adapter, latent_size, load_deltaconv, load_mixer,
+                      mixer_layers, resolve_kernel_sizes, restore_attention, save_deltaconv, save_mixer, to_deltaconv,
+                      to_mixer)
 from .deltaconv import DeltaConvBlock, receptive_field, stage_grid
+from .linear_attention import GeneralizedLinearAttention
 from .neighborhood import NeighborhoodAttnProcessor, natten_available, neighborhood_attention, neighborhood_mask
+from .window_attention import WindowAttention
 
-__all__ = ["DeltaConvAdapter", "DeltaConvBlock", "DeltaConvSelfAttention", "NeighborhoodAttnProcessor", "build_adapter",
-           "deltaconv_layers", "get_adapter", "latent_size", "load_deltaconv", "natten_available",
-           "neighborhood_attention", "neighborhood_mask", "receptive_field", "resolve_kernel_sizes", "save_deltaconv",
-           "stage_grid", "to_deltaconv"]
+__all__ = ["DeltaConvAdapter", "DeltaConvBlock", "DeltaConvSelfAttention", "GeneralizedLinearAttention",
+           "LinearAttentionAdapter", "MIXERS", "MIXER_KINDS", "MixerAdapter", "MixerSelfAttention",
+           "NeighborhoodAttnProcessor", "TRAINABLE_KINDS", "WindowAttention", "WindowAttentionAdapter",
+           "build_adapter", "build_mixer_adapter", "deltaconv_layers", "get_adapter", "latent_size", "load_deltaconv",
+           "load_mixer", "mixer_layers", "natten_available", "neighborhood_attention", "neighborhood_mask",
+           "receptive_field", "resolve_kernel_sizes", "restore_attention", "save_deltaconv", "save_mixer",
+           "stage_grid", "to_deltaconv", "to_mixer"]

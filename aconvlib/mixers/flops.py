@@ -1,10 +1,28 @@
-"""Analytic FLOP counts of token mixers.
+"""FLOP counts of token mixers: formulas, per-layer tables, a FlopCounterMode cross-check, Table 1.
 
 Self-attention, by the paper's formula (Sec. 3.1), for N = H'·W' tokens of C' channels:
 
     FLOPs_attn = 4·N·C'^2  (q, k, v, out projections)
                + 4·N^2·C'  (QKᵀ and A·V)
                + 4·N^2     (scaling and softmax)
+
+(:func:`attention_flops`; :func:`attention_flops_2mac` counts the projections at 2 FLOPs per
+multiply-add too: 8·N·C'^2 + 4·N^2·C' + 4·N^2, the convention of every mixer formula below.)
+
+The mixers of the paper's comparison, per sample, 2 FLOPs per multiply-add (MAC) and 1 per other op:
+
+* self-attention: :func:`attention_flops_2mac`, 8NC² + 4N²C + 4N²;
+* ``deltaconv``: :func:`deltaconv_flops` (split by :func:`deltaconv_flops_breakdown`), about
+  2NC·Ci + 2N·K²·Ci + 2N·Ci·C with Ci = C/2;
+* ``linear``: :func:`~aconvlib.mixers.linear_attention.linear_attention_flops` (``convention="2mac"``),
+  8NC² + 8NCm + 4NCd + O(NC) (m: hidden width of the f MLPs, d: head dim);
+* ``window``: :func:`~aconvlib.mixers.window_attention.window_attention_flops` (``convention="2mac"``),
+  8NC² + 4PC + 4P with P = N·w_eff the (query, key) pairs the window allows.
+
+:func:`mixer_table` gives one :class:`MixerRow` per layer for any kind (a stock denoiser and the
+kind's options, or a converted one), :func:`count_mixer_flops` runs every converted mixer on a small
+input under ``torch.utils.flop_counter.FlopCounterMode`` to cross-check the formulas, and
+:func:`table1_comparison` sets our numbers next to the paper's Table 1, baselines included.
 """
 from __future__ import annotations
 
@@ -15,8 +33,11 @@ import torch
 
 from ..models import (default_latent_hw, family_of, get_denoiser, get_spec, load_denoiser, paper_table,
                       self_attention_layers)
-from .convert import deltaconv_layers, resolve_kernel_sizes
+from .convert import get_adapter, latent_size, mixer_adapter_class, mixer_layers
+from . import kernels
 from .deltaconv import stage_grid
+from .linear_attention import _hidden_dim, linear_attention_flops, linear_attention_flops_breakdown
+from .window_attention import window_attention_flops, window_pairs
 
 
 def attention_flops(tokens: int, channels: int) -> int:
@@ -107,28 +128,46 @@ def attention_flops_2mac(tokens: int, channels: int) -> int:
     return 8 * n * c * c + 4 * n * n * c + 4 * n * n
 
 
+def deltaconv_flops_breakdown(grid: tuple[int, int], channels: int, kernel_size: int | list[int] = 9,
+                              ratio: float = 0.5, scales=(1.0, 0.5), gate: str = "scaled") -> dict[str, int]:
+    """:func:`deltaconv_flops` split into ``matmul`` (the 1×1 projections and the depthwise convs, 2 per
+    MAC: what ``FlopCounterMode`` counts) and ``elementwise`` (biases, pooling, gate, bilinear, the
+    pool branch's mean and broadcast add: what it does not count).
+
+    With N = H·W, Ci = C·r, S stages, stage s at m_s = ⌊H·s⌋·⌊W·s⌋ cells::
+
+        matmul      = 2·N·C·Ci + Σ_s 2·m_s·K_s²·Ci + 2·N·(S·Ci/2)·C + 2·C²
+        elementwise = N·Ci + Σ_{s<1} (N·Ci + 8·N·Ci/2) + Σ_s g·m_s·Ci/2 + 3·N·C + C
+
+    (g = 1 for the scaled gate, 4 for the sigmoid gate).
+    """
+    h, w = grid
+    n, c = h * w, int(channels)
+    ci = int(c * ratio)
+    ks = [kernel_size] * len(scales) if isinstance(kernel_size, int) else list(kernel_size)
+    mm = 2 * n * c * ci
+    el = n * ci
+    for k, s in zip(ks, scales):
+        sh, sw = stage_grid((h, w), s)
+        m = sh * sw
+        if (sh, sw) != (h, w):
+            el += n * ci + 8 * n * (ci // 2)
+        mm += 2 * m * k * k * ci
+        el += (1 if gate == "scaled" else 4) * m * (ci // 2)
+    mm += 2 * n * (len(scales) * ci // 2) * c + 2 * c * c
+    el += n * c + n * c + c + n * c
+    return {"matmul": int(mm), "elementwise": int(el)}
+
+
 def deltaconv_flops(grid: tuple[int, int], channels: int, kernel_size: int | list[int] = 9, ratio: float = 0.5,
                     scales=(1.0, 0.5), gate: str = "scaled") -> int:
     """FLOPs of one ΔConvBlock on a ``grid`` = (H, W) of C = ``channels`` (2 per multiply-add, 1 per other op).
 
     In-proj 2·N·C·Ci (+bias), per stage at n = ⌊H·s⌋·⌊W·s⌋ cells: pooling N·Ci, depthwise 2·n·K²·Ci,
     gate 1 (sigmoid: 4) per output element, bilinear 8·N·Ci/2; out-proj 2·N·(S·Ci/2)·C; pool branch
-    N·C + 2·C² + N·C. Ci = C·r.
+    N·C + 2·C² + N·C. Ci = C·r. (:func:`deltaconv_flops_breakdown` splits it.)
     """
-    h, w = grid
-    n, c = h * w, int(channels)
-    ci = int(c * ratio)
-    ks = [kernel_size] * len(scales) if isinstance(kernel_size, int) else list(kernel_size)
-    f = 2 * n * c * ci + n * ci
-    for k, s in zip(ks, scales):
-        sh, sw = stage_grid((h, w), s)
-        m = sh * sw
-        if (sh, sw) != (h, w):
-            f += n * ci + 8 * n * (ci // 2)
-        f += 2 * m * k * k * ci + (1 if gate == "scaled" else 4) * m * (ci // 2)
-    f += 2 * n * (len(scales) * ci // 2) * c + n * c
-    f += n * c + 2 * c * c + c + n * c
-    return int(f)
+    return sum(deltaconv_flops_breakdown(grid, channels, kernel_size, ratio, scales, gate).values())
 
 
 def deltaconv_params(channels: int, kernel_size: int | list[int] = 9, ratio: float = 0.5, scales=(1.0, 0.5),
@@ -139,6 +178,176 @@ def deltaconv_params(channels: int, kernel_size: int | list[int] = 9, ratio: flo
     ks = [kernel_size] * len(scales) if isinstance(kernel_size, int) else list(kernel_size)
     b = 1 if bias else 0
     return c * ci + b * ci + sum(k * k * ci for k in ks) + (len(scales) * ci // 2) * c + b * c + c * c + b * c
+
+
+def linear_attention_params(channels: int, hidden_ratio: float = 1.0, qkv_bias: bool = False,
+                            out_bias: bool = True) -> int:
+    """Parameters of one :class:`~aconvlib.mixers.linear_attention.GeneralizedLinearAttention` with
+    inner = out dim = C: the four C×C projections (+ biases) and the two f MLPs C -> m -> C with LayerNorm(m)."""
+    c = int(channels)
+    m = _hidden_dim(c, hidden_ratio)
+    return 4 * c * c + (3 * c if qkv_bias else 0) + (c if out_bias else 0) + 2 * (c * m + m + 2 * m + m * c + c)
+
+
+# ----------------------------------------------------------------------------------------------
+# any mixer kind, per layer
+# ----------------------------------------------------------------------------------------------
+def _deltaconv_cost(spec: dict, cfg: dict, grid) -> dict:
+    c, k = int(spec["channels"]), spec["kernel_size"]
+    b = deltaconv_flops_breakdown(grid, c, k, cfg["ratio"], cfg["scales"], cfg["gate"])
+    return {"size": k if isinstance(k, int) else k[0], "detail": f"K={k}", "flops": b["matmul"] + b["elementwise"],
+            "counted": b["matmul"], "params": deltaconv_params(c, k, cfg["ratio"], cfg["scales"], cfg["bias"]),
+            "formula": "deltaconv_flops"}
+
+
+def _linear_cost(spec: dict, cfg: dict, grid) -> dict:
+    n, c = grid[0] * grid[1], int(spec["channels"])
+    kw = dict(heads=int(spec["heads"]), qkv_bias=bool(spec["qkv_bias"]), out_bias=bool(spec["out_bias"]))
+    flops = linear_attention_flops(n, c, cfg["hidden_ratio"], convention="2mac", **kw)
+    el = linear_attention_flops_breakdown(n, c, cfg["hidden_ratio"], **kw)["elementwise"]
+    m = _hidden_dim(c, cfg["hidden_ratio"])
+    return {"size": m, "detail": f"m={m}, heads={kw['heads']}", "flops": flops, "counted": flops - el,
+            "params": linear_attention_params(c, cfg["hidden_ratio"], kw["qkv_bias"], kw["out_bias"]),
+            "formula": "linear_attention_flops(2mac)"}
+
+
+def _window_cost(spec: dict, cfg: dict, grid) -> dict:
+    n, c, w = grid[0] * grid[1], int(spec["channels"]), int(spec["window"])
+    flops = window_attention_flops(grid, c, w, cfg["mode"], "2mac")
+    return {"size": w, "detail": f"w={w} ({cfg['mode']})", "flops": flops, "counted": 8 * n * c * c, "params": 0,
+            "formula": "window_attention_flops(2mac)"}
+
+
+_COSTS = {"deltaconv": _deltaconv_cost, "linear": _linear_cost, "window": _window_cost}
+
+
+@dataclass(frozen=True)
+class MixerRow:
+    """One self-attention layer vs the token mixer that replaces it, per sample, at one latent size.
+
+    ``size`` is the kind's size parameter (ΔConv: K; linear attention: hidden width m; window: w);
+    ``mixer_params`` counts new weights only (0 for window attention, which runs on attn1's);
+    ``mixer_flops`` is the kind's formula at 2 FLOPs per MAC (``formula`` names it) and
+    ``counted_flops`` its matrix-product part, which ``FlopCounterMode`` sees (see :func:`count_mixer_flops`).
+    """
+
+    name: str
+    kind: str
+    level: int
+    grid: tuple[int, int]
+    channels: int
+    heads: int | None
+    size: int
+    detail: str
+    attn_params: int
+    mixer_params: int
+    attn_flops: int
+    attn_flops_2mac: int
+    mixer_flops: int
+    counted_flops: int
+    formula: str
+
+
+def mixer_table(denoiser: torch.nn.Module, kind: str | None = None, latent_hw: tuple[int, int] | None = None,
+                **options) -> list[MixerRow]:
+    """Per layer: self-attention vs its replacing token mixer, parameters and FLOPs.
+
+    ``denoiser`` is either a stock denoiser (the mixer side is computed for ``kind``, default
+    ``"deltaconv"``, with the kind's conversion ``options`` as in :func:`aconvlib.mixers.to_mixer`;
+    nothing is converted, a meta-device model works) or a converted one (its adapter's config is
+    read; ``kind`` may only repeat its kind). ``latent_hw`` defaults to the config's sample size.
+    """
+    den = get_denoiser(denoiser)
+    latent_hw = tuple(latent_hw or default_latent_hw(den))
+    grids = family_of(den).level_grids(den, latent_hw)
+    converted = mixer_layers(den)
+    if converted:
+        adapter = get_adapter(den)
+        if kind not in (None, adapter.kind) or options:
+            raise ValueError(f"this {type(den).__name__} already holds {adapter.kind} mixers; pass a stock model "
+                             "to tabulate another kind or other options")
+        kind, specs, cfg = adapter.kind, list(adapter.config.layers), dict(adapter.config)
+        attn = {n: (m.attn_params, None) for n, m in converted}
+    else:
+        kind = kind or "deltaconv"
+        layers = self_attention_layers(den, latent_hw)
+        specs, cfg = mixer_adapter_class(kind).layer_specs(den, layers, **options)
+        attn = {l.name: (sum(p.numel() for p in l.module.parameters()), l.heads) for l in layers}
+    rows = []
+    for spec in specs:
+        grid = tuple(grids[spec["level"]])
+        n, c = grid[0] * grid[1], int(spec["channels"])
+        cost = _COSTS[kind](spec, cfg, grid)
+        rows.append(MixerRow(spec["name"], kind, spec["level"], grid, c, spec.get("heads", attn[spec["name"]][1]),
+                             cost["size"], cost["detail"], attn[spec["name"]][0], cost["params"],
+                             attention_flops(n, c), attention_flops_2mac(n, c), cost["flops"], cost["counted"],
+                             cost["formula"]))
+    return rows
+
+
+def _frame_with_total(records: list[dict], not_summed: list[str]):
+    """A DataFrame of ``records`` plus a TOTAL row summing the numeric columns (``not_summed`` left blank)."""
+    import pandas as pd
+
+    df = pd.DataFrame(records)
+    total = df.select_dtypes("number").sum()
+    total[not_summed] = float("nan")
+    text = {c: "" for c in df.columns if c not in total.index}
+    df.loc[len(df)] = {**text, "layer": "TOTAL", **total.to_dict()}
+    return df
+
+
+def mixer_table_frame(rows: list[MixerRow]):
+    """The rows as a pandas DataFrame (parameters in M, FLOPs in GFLOPs) with a TOTAL row."""
+    return _frame_with_total([{
+        "layer": r.name, "kind": r.kind, "level": r.level, "grid": f"{r.grid[0]}×{r.grid[1]}", "C": r.channels,
+        "setting": r.detail, "attn params (M)": r.attn_params / 1e6, "mixer params (M)": r.mixer_params / 1e6,
+        "attn GFLOPs (paper formula)": r.attn_flops / 1e9, "attn GFLOPs (2/MAC)": r.attn_flops_2mac / 1e9,
+        "mixer GFLOPs (2/MAC)": r.mixer_flops / 1e9, "formula": r.formula} for r in rows], ["level", "C"])
+
+
+def count_mixer_flops(pipe_or_denoiser, latent_hw: tuple[int, int] | None = None, batch: int = 1,
+                      seed: int = 0) -> list[dict]:
+    """Run every converted mixer of a denoiser once on random tokens under ``FlopCounterMode``.
+
+    Each layer is called through its wrapper with the grid of ``latent_hw`` (default: the config's
+    sample size; keep it small, the window mixer builds an N×N mask), with the ΔConv stage ops on the
+    torch backend (Triton kernels are invisible to the counter). ``FlopCounterMode`` counts the
+    matrix products and convolutions at 2 FLOPs per MAC and no elementwise work, so per layer
+    (``expected`` = ``batch`` × :attr:`MixerRow.counted_flops`):
+
+    * ``deltaconv``: ``counted == expected`` = :func:`deltaconv_flops_breakdown` ``["matmul"]``;
+    * ``linear``: ``counted == expected`` = ``linear_attention_flops(2mac) − elementwise``;
+    * ``window``: ``counted == expected`` = the projections 8·N·C², plus the **dense** 4·N²·C of
+      ``scaled_dot_product_attention`` when PyTorch counts the kernel that ran (its CUDA
+      flash/efficient/cuDNN kernels; the CPU kernel is not counted): the module computes all N²
+      scores and masks them, whereas :func:`window_attention_flops` counts the window's pairs only.
+
+    Returns one dict per layer: ``layer``, ``kind``, ``grid``, ``counted``, ``expected``,
+    ``dense_sdpa`` (4·N²·C·batch for window, else 0), ``formula`` (batch × the kind's 2/MAC formula)
+    and ``matches`` (``counted`` is ``expected``, or for window ``expected + dense_sdpa``).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    den = get_denoiser(pipe_or_denoiser)
+    latent_hw = tuple(latent_hw or default_latent_hw(den))
+    rows = {r.name: r for r in mixer_table(den, latent_hw=latent_hw)}
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for name, wrapper in mixer_layers(den):
+        r = rows[name]
+        n = r.grid[0] * r.grid[1]
+        ref = next(wrapper.block.parameters())
+        x = torch.randn(batch, n, r.channels, generator=gen).to(device=ref.device, dtype=ref.dtype)
+        with latent_size(den, latent_hw), kernels.use_backend("torch"), torch.no_grad(), \
+                FlopCounterMode(display=False) as fc:
+            wrapper(x)
+        counted, expected = int(fc.get_total_flops()), batch * r.counted_flops
+        dense = batch * 4 * n * n * r.channels if r.kind == "window" else 0
+        out.append({"layer": name, "kind": r.kind, "grid": r.grid, "counted": counted, "expected": expected,
+                    "dense_sdpa": dense, "formula": batch * r.mixer_flops,
+                    "matches": counted == expected or (dense > 0 and counted == expected + dense)})
+    return out
 
 
 @dataclass(frozen=True)
@@ -159,54 +368,32 @@ class ConversionRow:
 
 def deltaconv_table(denoiser: torch.nn.Module, latent_hw: tuple[int, int] | None = None, kernel_sizes="paper",
                     ratio: float = 0.5, scales=(1.0, 0.5), gate: str = "scaled") -> list[ConversionRow]:
-    """Per layer: self-attention vs ΔConvBlock parameters and FLOPs.
+    """Per layer: self-attention vs ΔConvBlock parameters and FLOPs (:func:`mixer_table` for ΔConv).
 
     ``denoiser`` is either a stock denoiser (the ΔConv side is computed for ``kernel_sizes`` etc.,
-    nothing is converted) or one converted with :func:`aconvlib.convert.to_deltaconv` (its blocks are
+    nothing is converted) or one converted with :func:`aconvlib.mixers.to_deltaconv` (its blocks are
     read). ``latent_hw`` defaults to the config's sample size. Attention FLOPs by the paper's formula
     (``attn_flops``) and at 2 FLOPs per multiply-add (``attn_flops_2mac``, the ΔConv convention).
     """
     den = get_denoiser(denoiser)
-    latent_hw = tuple(latent_hw or default_latent_hw(den))
-    converted = deltaconv_layers(den)
-    rows = []
-    if converted:
-        grids = family_of(den).level_grids(den, latent_hw)
-        for name, m in converted:
-            b = m.block
-            grid = grids[m.level]
-            n = grid[0] * grid[1]
-            rows.append(ConversionRow(
-                name, m.level, grid, b.dim, b.kernel_size, m.attn_params, sum(p.numel() for p in b.parameters()),
-                attention_flops(n, b.dim), attention_flops_2mac(n, b.dim),
-                deltaconv_flops(grid, b.dim, b.kernel_sizes, b.ratio, b.scales, b.gate)))
-        return rows
-    layers = self_attention_layers(den, latent_hw)
-    ks = resolve_kernel_sizes(den, kernel_sizes, layers)
-    for l in layers:
-        k = ks[l.name]
-        rows.append(ConversionRow(
-            l.name, l.level, l.grid, l.channels, k, sum(p.numel() for p in l.module.parameters()),
-            deltaconv_params(l.channels, k, ratio, scales), attention_flops(l.tokens, l.channels),
-            attention_flops_2mac(l.tokens, l.channels), deltaconv_flops(l.grid, l.channels, k, ratio, scales, gate)))
-    return rows
+    options = {} if mixer_layers(den) else dict(kernel_sizes=kernel_sizes, ratio=ratio, scales=scales, gate=gate)
+    return [ConversionRow(r.name, r.level, r.grid, r.channels, r.size, r.attn_params, r.mixer_params, r.attn_flops,
+                          r.attn_flops_2mac, r.mixer_flops)
+            for r in mixer_table(den, "deltaconv", latent_hw, **options)]
 
 
 def deltaconv_table_frame(rows: list[ConversionRow]):
     """The rows as a pandas DataFrame (parameters in M, FLOPs in GFLOPs) with a TOTAL row."""
-    import pandas as pd
-
-    df = pd.DataFrame([{
+    return _frame_with_total([{
         "layer": r.name, "level": r.level, "grid": f"{r.grid[0]}×{r.grid[1]}", "C": r.channels, "K": r.kernel_size,
         "attn params (M)": r.attn_params / 1e6, "ΔConv params (M)": r.deltaconv_params / 1e6,
         "attn GFLOPs (paper formula)": r.attn_flops / 1e9, "attn GFLOPs (2/MAC)": r.attn_flops_2mac / 1e9,
-        "ΔConv GFLOPs": r.deltaconv_flops / 1e9} for r in rows])
-    total = df.select_dtypes("number").sum()
-    total[["level", "C", "K"]] = float("nan")
-    df.loc[len(df)] = {"layer": "TOTAL", "grid": "", **total.to_dict()}
-    return df
+        "ΔConv GFLOPs": r.deltaconv_flops / 1e9} for r in rows], ["level", "C", "K"])
 
 
+# ----------------------------------------------------------------------------------------------
+# the paper's Table 1
+# ----------------------------------------------------------------------------------------------
 # The paper's Table 1 (mean GFLOPs per module at inference) and the image sizes that reproduce its
 # self-attention rows exactly with 2 FLOPs per multiply-add and batch 2 (classifier-free guidance):
 # PixArt-Σ = any of its 28 layers (C = 1152, patch grid px/16); SD1.5 = its top layer (C = 320, px/8).
@@ -224,28 +411,101 @@ def paper_table1() -> dict:
     return out
 
 
-def table1_comparison(batch: int = 2, ratio: float = 0.5, scales=(1.0, 0.5)):
-    """Our per-module GFLOPs next to the paper's Table 1 (a pandas DataFrame).
+# The module Table 1 measures: heads and q/k/v bias (PixArt-Σ: 16 heads of 72, biased q/k/v;
+# SD1.5's top layer: 8 heads of 40, unbiased q/k/v; both with a biased output projection).
+TABLE1_HEADS = {"pixart": 16, "sd15": 8}
+TABLE1_QKV_BIAS = {"pixart": True, "sd15": False}
+
+
+def ditfastattn_window(tokens: int, channels: int, flops: float, batch: int = 2) -> tuple[float, int]:
+    """Back-solve a DiTFastAttn entry: ``(kept share ρ of the N² work, odd 1-D window w)``.
+
+    DiTFastAttn keeps the four projections (8·N·C² at 2/MAC) and cuts the quadratic part
+    4·N²·C + 4·N² to ρ of it; a uniform 1-D band of ``w`` keys (:func:`window_attention_flops`,
+    ``mode="1d"``) does that when its pairs P = N(2r+1) − r(r+1), r = (w−1)/2, equal ρ·N². ``w`` is
+    the nearest odd window (between 1 and 2N − 1). ``flops``: the entry in FLOPs for ``batch`` samples.
+    """
+    n, c = int(tokens), int(channels)
+    pairs = (flops / batch - 8 * n * c * c) / (4 * c + 4)
+    rho = pairs / (n * n)
+    b = 2 * n - 1
+    disc = max(0.0, b * b - 4 * (pairs - n))
+    r = min(max(0, round((b - disc ** 0.5) / 2)), n - 1)
+    return rho, 2 * r + 1
+
+
+def table1_comparison(batch: int = 2, ratio: float = 0.5, scales=(1.0, 0.5), baselines: bool = True,
+                      linfusion_hidden_ratio: float = 1.0):
+    """Our per-module GFLOPs next to the paper's Table 1 (a pandas DataFrame, one row per model and size).
 
     Self-attention by :func:`attention_flops_2mac`, ΔConv by :func:`deltaconv_flops`, both × ``batch``,
-    on the module shapes and image sizes of :func:`paper_table1`.
+    on the module shapes and image sizes of :func:`paper_table1`. With ``baselines`` (default) also:
+
+    **LinFusion** (both models). ``LinFusion ours``: :func:`linear_attention_flops` (2/MAC) with
+    LinFusion's released default hidden width m = C (``linfusion_hidden_ratio``; its code's
+    ``projection_mid_dim=None``) and the module's real heads (:data:`TABLE1_HEADS`), × ``batch``.
+    It comes out at 0.80 (PixArt) / 0.82 (SD1.5) of the paper. The paper's LinFusion entries are
+    exactly linear in N and all twelve fit 2·N·(20.25·C² + 15·C) within their rounding (≤ 0.022%;
+    PixArt 2K at N = 14,400, see below), i.e. their leading term does not depend on the head
+    width. ``LinFusion ours (1 head)`` counts the linear-attention state as one C×C head (d = C:
+    4·N·C² instead of 4·N·C·d) and reproduces the paper to 1.1–1.2% (0.988–0.990), so the paper
+    evidently counted it that way; the remaining ~0.25·N·C² is not accounted for by any operation
+    of the module (the paper does not state LinFusion's hidden width m or its counting rules).
+    ``LinFusion paper tokens``: the N implied by the paper's own linear scaling from its
+    512 entry; at PixArt "2K" it is 14,400 (2560×1440), not the 16,384 (2048²) of the
+    self-attention column, so the paper's LinFusion (and ΔConv) PixArt-2K entries use another
+    frame and our ratio there is 16384/14400 = 1.138 higher than at the other sizes.
+
+    **DiTFastAttn** (PixArt only). Its window choice is calibrated per layer and timestep (window
+    attention with residual caching, sharing across steps and CFG), so it cannot be recomputed from
+    first principles; what can be done is back-solving (:func:`ditfastattn_window`): the share ρ of
+    the N² work the paper's entry keeps (projections unchanged; 0.90 at 512, 0.78 at 1024,
+    0.72 from 2K on) and the uniform 1-D window w that gives exactly that. ``DiTFastAttn ours`` is
+    :func:`window_attention_flops` (2/MAC, 1d) at that w × ``batch``; it matches the paper to
+    < 0.01% by construction. The w found is about the sequence length (w/N ≈ 1.35 at 512, ≈ 0.95
+    from 2K on): the paper's DiTFastAttn saves 10% (512), 22% (1024) and from 2K on a constant ~28%
+    of the quadratic term, not what a fixed local window would do (its cost would grow linearly in N).
     """
     import pandas as pd
 
     rows = []
     for model, t in paper_table1().items():
         c, f, k = t["channels"], t["px_per_token"], t["kernel_size"]
+        h0, w0 = t["sizes"]["512"]
+        n512 = (h0 // f) * (w0 // f)
         for i, (label, (h, w)) in enumerate(t["sizes"].items()):
             grid = (h // f, w // f)
             n = grid[0] * grid[1]
             sa, dc = batch * attention_flops_2mac(n, c) / 1e9, batch * deltaconv_flops(grid, c, k, ratio, scales) / 1e9
-            rows.append({"model": model, "size": label, "pixels": f"{w}×{h}", "grid": f"{grid[0]}×{grid[1]}",
-                         "attn ours": sa, "attn paper": t["attention"][i], "attn ours/paper": sa / t["attention"][i],
-                         "ΔConv ours": dc, "ΔConv paper": t["deltaconv"][i], "ΔConv ours/paper": dc / t["deltaconv"][i],
-                         "attn/ΔConv ours": sa / dc, "attn/ΔConv paper": t["attention"][i] / t["deltaconv"][i]})
+            row = {"model": model, "size": label, "pixels": f"{w}×{h}", "grid": f"{grid[0]}×{grid[1]}",
+                   "attn ours": sa, "attn paper": t["attention"][i], "attn ours/paper": sa / t["attention"][i],
+                   "ΔConv ours": dc, "ΔConv paper": t["deltaconv"][i], "ΔConv ours/paper": dc / t["deltaconv"][i],
+                   "attn/ΔConv ours": sa / dc, "attn/ΔConv paper": t["attention"][i] / t["deltaconv"][i]}
+            if baselines:
+                lf_paper = t["linfusion"][i]
+                kw = dict(convention="2mac", qkv_bias=TABLE1_QKV_BIAS[model])
+                lf = batch * linear_attention_flops(n, c, linfusion_hidden_ratio, heads=TABLE1_HEADS[model], **kw) / 1e9
+                lf1 = batch * linear_attention_flops(n, c, linfusion_hidden_ratio, heads=1, **kw) / 1e9
+                row.update({"LinFusion ours": lf, "LinFusion ours (1 head)": lf1, "LinFusion paper": lf_paper,
+                            "LinFusion ours/paper": lf / lf_paper, "LinFusion ours (1 head)/paper": lf1 / lf_paper,
+                            "LinFusion paper tokens": round(lf_paper / t["linfusion"][0] * n512)})
+                nan = float("nan")
+                dfa = {"DiTFastAttn paper": nan, "DiTFastAttn kept N² share": nan, "DiTFastAttn window (1d)": nan,
+                       "DiTFastAttn ours": nan, "DiTFastAttn ours/paper": nan}
+                if "ditfastattn" in t:
+                    paper = t["ditfastattn"][i]
+                    rho, win = ditfastattn_window(n, c, paper * 1e9, batch)
+                    ours = batch * window_attention_flops(n, c, win, "1d", "2mac") / 1e9
+                    dfa = {"DiTFastAttn paper": paper, "DiTFastAttn kept N² share": rho,
+                           "DiTFastAttn window (1d)": win, "DiTFastAttn ours": ours, "DiTFastAttn ours/paper": ours / paper}
+                row.update(dfa)
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
-__all__ = ["ConversionRow", "LayerFlops", "attention_flops", "attention_flops_2mac", "attention_flops_table",
-           "deltaconv_flops", "deltaconv_params", "deltaconv_table", "deltaconv_table_frame", "flops_vs_resolution",
-           "paper_table1", "self_attention_table", "table1_comparison"]
+__all__ = ["ConversionRow", "LayerFlops", "MixerRow", "TABLE1_HEADS", "TABLE1_QKV_BIAS", "attention_flops",
+           "attention_flops_2mac", "attention_flops_table", "count_mixer_flops", "deltaconv_flops",
+           "deltaconv_flops_breakdown", "deltaconv_params", "deltaconv_table", "deltaconv_table_frame",
+           "ditfastattn_window", "flops_vs_resolution", "linear_attention_flops", "linear_attention_params",
+           "mixer_table", "mixer_table_frame", "paper_table1", "self_attention_table", "table1_comparison",
+           "window_attention_flops", "window_pairs"]

@@ -230,7 +230,7 @@ class GeneralizedLinearAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# shared checks (duplicated in window_attention.py on purpose: the two modules stand alone)
+# checks shared with window_attention.py (which imports them)
 # ----------------------------------------------------------------------------------------------
 def _check_self_attention(attn: nn.Module, who: str) -> None:
     for name in ("to_q", "to_k", "to_v", "to_out", "heads"):

@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear_attention import FLOP_CONVENTIONS, _check_call, _check_self_attention
+
 __all__ = ["WindowAttention", "WINDOW_MODES", "window_mask", "window_pairs", "window_attention_flops",
            "FLOP_CONVENTIONS"]
 
 WINDOW_MODES = ("1d", "2d")
-FLOP_CONVENTIONS = ("paper", "2mac")
 _MASK_CACHE_SIZE = 4
 
 
@@ -284,35 +285,3 @@ class WindowAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, head_dim={self.head_dim}, window={self._window}, mode={self._mode!r}"
-
-
-# ----------------------------------------------------------------------------------------------
-# checks (duplicated in linear_attention.py on purpose: the two modules stand alone)
-# ----------------------------------------------------------------------------------------------
-def _check_self_attention(attn: nn.Module, who: str) -> None:
-    for name in ("to_q", "to_k", "to_v", "to_out", "heads"):
-        if getattr(attn, name, None) is None:
-            raise TypeError(f"{who}: expected a diffusers Attention (with to_q/to_k/to_v/to_out/heads), "
-                            f"got {type(attn).__name__} without {name!r}")
-    if getattr(attn, "is_cross_attention", False):
-        raise ValueError(f"{who}: {type(attn).__name__} is a cross-attention (attn2); only self-attention "
-                         f"(attn1) can be replaced")
-    for name in ("add_k_proj", "spatial_norm", "group_norm"):
-        if getattr(attn, name, None) is not None:
-            raise NotImplementedError(f"{who}: Attention with {name} is not supported")
-    if getattr(attn, "residual_connection", False) or getattr(attn, "rescale_output_factor", 1.0) != 1.0:
-        raise NotImplementedError(f"{who}: Attention with residual_connection or rescale_output_factor != 1 "
-                                  f"is not supported")
-    if not (attn.to_q.out_features == attn.to_k.out_features == attn.to_v.out_features):
-        raise NotImplementedError(f"{who}: grouped key/value heads (kv_heads != heads) are not supported")
-
-
-def _check_call(x, encoder_hidden_states, attention_mask, who: str) -> None:
-    if encoder_hidden_states is not None:
-        raise ValueError(f"{who} is a self-attention replacement: encoder_hidden_states must be None")
-    if attention_mask is not None:
-        raise NotImplementedError(f"{who}: attention_mask is not supported (U-Net and PixArt self-attention "
-                                  f"pass None)")
-    if not isinstance(x, torch.Tensor) or x.ndim != 3:
-        raise ValueError(f"{who}: hidden_states must be a [B, N, C] tensor, got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")

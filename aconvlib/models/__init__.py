@@ -9,7 +9,9 @@ from .layers import SelfAttentionLayer, default_latent_hw, denoise, get_denoiser
 from .registry import (
     MissingWeightsError,
     ModelSpec,
+    SUPPORTED_PIPELINES,
     UnknownModelError,
+    UnsupportedPipelineError,
     get_spec,
     list_models,
     load_denoiser,
@@ -20,7 +22,8 @@ from .resources import config_dir, data_dir, models_dir, paper_table
 from .tracker import LatentTracker
 
 __all__ = [
-    "DenoiserFamily", "LatentTracker", "MissingWeightsError", "ModelSpec", "SelfAttentionLayer", "UnknownModelError",
+    "DenoiserFamily", "LatentTracker", "MissingWeightsError", "ModelSpec", "SUPPORTED_PIPELINES", "SelfAttentionLayer", "UnknownModelError",
+    "UnsupportedPipelineError",
     "config_dir", "data_dir", "default_latent_hw", "denoise", "family_of", "get_denoiser", "get_family", "get_spec",
     "list_models", "load_denoiser", "load_pipeline", "models_dir", "paper_table", "register_family", "register_model",
     "self_attention_layers", "supported_classes", "unet_level_grids",

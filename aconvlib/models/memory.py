@@ -33,9 +33,9 @@ def dtype_bytes(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def cached_params(repo_id: str) -> int | None:
+def cached_params(repo_id: str, exclude: tuple = ()) -> int | None:
     """Parameters of a checkpoint in the local Hugging Face cache, counted from its safetensors headers
-    (non-variant files; None if the repo is not cached)."""
+    (non-variant files; top-level folders in ``exclude`` skipped; None if the repo is not cached)."""
     from huggingface_hub import scan_cache_dir
     from safetensors import safe_open
 
@@ -49,6 +49,8 @@ def cached_params(repo_id: str) -> int | None:
     total = 0
     for f in snap.rglob("*.safetensors"):
         if f.name.count(".") > 1:  # variant files (*.fp16.safetensors) duplicate the plain ones
+            continue
+        if f.relative_to(snap).parts[0] in exclude:
             continue
         with safe_open(str(f), "pt") as st:
             total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
@@ -95,7 +97,9 @@ def estimate_run_bytes(model: str, dtype="float16", height: int | None = None, w
     spec = get_spec(model)
     h, w = height or spec.default_px, width or spec.default_px
     b = dtype_bytes(dtype)
-    cached = None if spec.embedded else [cached_params(r) for r in (spec.hub_id, spec.components_from) if r]
+    # a denoiser-only repo's companion pipeline holds a denoiser too, which this model replaces: not counted
+    cached = None if spec.embedded else [cached_params(spec.hub_id)] + (
+        [cached_params(spec.components_from, exclude=(spec.denoiser_subfolder,))] if spec.components_from else [])
     if spec.embedded:
         n_params = sum(p.numel() for p in load_denoiser(spec.name).parameters())
     elif cached and all(c is not None for c in cached):

@@ -36,6 +36,19 @@ class MissingWeightsError(RuntimeError):
     """Raised when a model's weights are neither on disk nor downloadable (offline)."""
 
 
+class UnsupportedPipelineError(ValueError):
+    """Raised for a checkpoint whose pipeline class aconvlib does not support (see :data:`SUPPORTED_PIPELINES`)."""
+
+
+#: diffusers text-to-image pipelines aconvlib loads, and their denoiser family.
+SUPPORTED_PIPELINES: dict[str, str] = {
+    "StableDiffusionPipeline": "unet",      # SD1.x / SD2.x
+    "StableDiffusionXLPipeline": "unet",
+    "PixArtSigmaPipeline": "dit",
+    "PixArtAlphaPipeline": "dit",
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How to reach one model.
@@ -52,6 +65,8 @@ class ModelSpec:
         components_from: hub id of the pipeline whose other components (VAE, text encoder,
             tokenizer, scheduler) this repo's denoiser is used with, for repos that hold only the
             denoiser (PixArt-Σ 512: ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers``).
+        variants: weight-file variants the published repo has (``("fp16",)`` for SD1.5 and SDXL);
+            asking a registered model for another variant is an error before any loading.
     """
 
     name: str
@@ -63,6 +78,7 @@ class ModelSpec:
     description: str = ""
     embedded: bool = False
     components_from: Optional[str] = None
+    variants: tuple = ()
 
     @property
     def denoiser_subfolder(self) -> str:
@@ -126,15 +142,17 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _missing_weights_error(what: str, family: str, err: Exception | None = None) -> MissingWeightsError:
+def _missing_weights_error(what: str, family: str, err: Exception | None = None,
+                           revision: str | None = None) -> MissingWeightsError:
     from huggingface_hub import constants
 
     alt = get_family(family).embedded_alternative
     detail = f" [{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}]" if err else ""
+    rev = f" at revision {revision!r}" if revision else ""
     return MissingWeightsError(
-        f"weights for {what!r} are not available: not found in the local Hugging Face cache "
+        f"weights for {what!r}{rev} are not available: not found in the local Hugging Face cache "
         f"({constants.HF_HUB_CACHE}) and could not be downloaded"
-        f"{' (HF_HUB_OFFLINE is set)' if _offline() else ' (no network?)'}. "
+        f"{' (offline mode is set)' if _offline() else ' (no network?)'}. "
         f"Download them on a machine with network access (e.g. `huggingface-cli download {what}`), "
         f"or use the embedded model {alt!r} which ships with aconvlib. "
         f"Architecture-only work (FLOPs, latency) needs no weights: use load_denoiser(..., weights=False)."
@@ -142,22 +160,39 @@ def _missing_weights_error(what: str, family: str, err: Exception | None = None)
     )
 
 
-def _load(load, what: str, family: str):
+def _chain(err: BaseException):
+    """The exception and everything it was raised from or while handling."""
+    seen: set = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _is_missing(err: BaseException) -> bool:
+    """True when ``err`` means "this checkpoint (or revision) is not on disk and cannot be fetched"."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    return any(isinstance(e, (LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError))
+               for e in _chain(err))
+
+
+def _load(load, what: str, family: str, revision: str | None = None):
     """Run a ``from_pretrained`` call; only a checkpoint that is genuinely absent becomes MissingWeightsError.
 
-    A missing dependency, a dtype clash or a broken config surfaces as what it is.
+    Absent means: huggingface_hub's "not in the local cache / no such repo or revision" error is in the exception
+    chain, or the hub id has no snapshot in the cache at all. A missing dependency, a dtype clash, a broken
+    config or a missing file of a cached checkpoint surfaces as what it is.
     """
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
-
     try:
         return load()
-    except (LocalEntryNotFoundError, RepositoryNotFoundError) as err:
-        raise _missing_weights_error(what, family, err) from err
-    except OSError as err:
-        # diffusers/transformers re-raise hub lookups as OSError; tell a missing checkpoint apart by the cause
-        cause = err.__cause__ or err.__context__
-        if isinstance(cause, (LocalEntryNotFoundError, RepositoryNotFoundError)) or _not_in_cache(what):
-            raise _missing_weights_error(what, family, err) from err
+    except MissingWeightsError:
+        raise
+    except (OSError, ValueError) as err:
+        # diffusers/transformers re-raise hub lookups as OSError (HFValidationError, a ValueError, for a repo
+        # without model_index.json); tell a missing checkpoint apart by the chain, or by the cache itself
+        if _is_missing(err) or _not_in_cache(what):
+            raise _missing_weights_error(what, family, err, revision) from err
         raise
 
 
@@ -168,7 +203,7 @@ def _not_in_cache(repo: str) -> bool:
     from huggingface_hub import scan_cache_dir
 
     try:
-        return not any(r.repo_id == repo for r in scan_cache_dir().repos)
+        return not any(r.repo_id == repo and r.revisions for r in scan_cache_dir().repos)
     except Exception:  # no cache folder at all
         return True
 
@@ -179,17 +214,63 @@ def _resolve(name: str) -> ModelSpec:
     except UnknownModelError:
         if not _is_hub_id_or_path(name):
             raise
-    # Unregistered hub id or local folder: take the family from its model_index.json / denoiser folder.
+    # Unregistered hub id or local folder: its family is its pipeline's (model_index.json) or its denoiser folder's.
     return ModelSpec(name=name, family=_guess_family(name), hub_id=name, default_px=512, latent_factor=8,
                      patch_size=1)
 
 
 def _guess_family(repo: str) -> str:
     if os.path.isdir(repo):
+        index = Path(repo) / "model_index.json"
+        if index.is_file():
+            cls = json.loads(index.read_text()).get("_class_name")
+            if cls in SUPPORTED_PIPELINES:
+                return SUPPORTED_PIPELINES[cls]
         if os.path.isdir(os.path.join(repo, "transformer")):
             return "dit"
         return "unet"
     return "unet"
+
+
+def _pipeline_class_name(spec: ModelSpec, repo: str, hub: dict) -> str:
+    """The ``_class_name`` of ``repo``'s model_index.json (from the cache or a local folder), before any weights load."""
+    if os.path.isdir(repo):
+        index = Path(repo) / "model_index.json"
+        if not index.is_file():
+            raise UnsupportedPipelineError(f"{repo} is not a diffusers pipeline folder (no model_index.json)")
+        return json.loads(index.read_text()).get("_class_name", "?")
+    from huggingface_hub import hf_hub_download
+
+    keep = {k: hub[k] for k in ("revision", "local_files_only", "cache_dir", "token") if k in hub}
+    path = _load(lambda: hf_hub_download(repo, "model_index.json", **keep), repo, spec.family, hub.get("revision"))
+    return json.loads(Path(path).read_text()).get("_class_name", "?")
+
+
+def _check_pipeline_class(spec: ModelSpec, repo: str, hub: dict) -> None:
+    cls = _pipeline_class_name(spec, repo, hub)
+    if cls not in SUPPORTED_PIPELINES:
+        raise UnsupportedPipelineError(
+            f"{repo} holds a {cls}, which aconvlib does not support; supported pipelines: "
+            f"{', '.join(SUPPORTED_PIPELINES)} (denoisers: {', '.join(c for f in ('unet', 'dit') for c in get_family(f).class_names)})")
+
+
+def _check_variant(spec: ModelSpec, kwargs: dict) -> None:
+    """A registered model asked for a weight variant its published repo does not have: say so before loading."""
+    variant = kwargs.get("variant")
+    if variant and str(spec.name).lower() in _REGISTRY and variant not in spec.variants:
+        raise ValueError(f"{spec.name} ({spec.hub_id}) publishes no {variant!r} weight variant (published: "
+                         f"{', '.join(spec.variants) or 'none'}); load its default weights with dtype=torch.float16")
+
+
+def _default_dtype(dtype, kwargs: dict) -> torch.dtype:
+    """An explicit dtype for every component: the given one, else float16 for ``variant="fp16"``, else float32.
+
+    diffusers converts an fp16 variant to float32 when no dtype is given, and transformers 5 loads text encoders in
+    the dtype their config names (SDXL's say float16) when none is given: a dtype clash at generation.
+    """
+    if dtype is not None:
+        return dtype
+    return torch.float16 if kwargs.get("variant") == "fp16" else torch.float32
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -210,7 +291,14 @@ def _place(model, device, dtype):
 def _quiet() -> None:
     """Silence loading chatter (progress bars, dtype notes) of diffusers and transformers."""
     from diffusers.utils import logging as dlog
+    from huggingface_hub.utils import logging as hlog
     from transformers.utils import logging as tlog
+
+    import warnings
+
+    hlog.set_verbosity_error()   # "Could not reach the Hub ... using cached commit hash" on every offline load
+    # diffusers passes huggingface_hub a deprecated argument when it loads a subfolder; not the user's concern
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
@@ -227,19 +315,25 @@ def _check_embedded(spec: ModelSpec) -> Path:
 
 
 def load_denoiser(name: str, *, weights: bool = True, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, seed: int = 0, **kwargs):
+                  dtype: torch.dtype | None = None, seed: int = 0, **kwargs):
     """Load a model's denoiser (``UNet2DConditionModel`` or ``PixArtTransformer2DModel``).
 
     Args:
-        name: registry name, hub id or local diffusers folder.
+        name: registry name, hub id or local diffusers pipeline folder.
         weights: False builds the architecture from the shipped config with random weights
             (``device="meta"`` allocates nothing), for FLOPs and latency work.
-        device, dtype: where and how to place it.
+        device, dtype: where and how to place it (dtype None: float16 for ``variant="fp16"``, else float32).
         seed: seed of the random init when ``weights=False``.
-        kwargs: passed to ``from_pretrained`` (``variant``, ``revision``, ``local_files_only``, ...).
+        kwargs: passed to ``from_pretrained``: ``variant`` (``"fp16"`` where published), ``revision``,
+            ``local_files_only``, ...
+
+    Raises:
+        MissingWeightsError: the checkpoint is neither in the local cache nor downloadable (names the hub id
+            and the embedded alternative); anything else (a broken config, a missing dependency) as itself.
     """
     spec = _resolve(name)
     cls = get_family(spec.family).model_class()
+    dtype = _default_dtype(dtype, kwargs)
     if not weights:
         if not spec.config_path.exists():
             raise FileNotFoundError(f"no shipped architecture config for {spec.name!r} at {spec.config_path}")
@@ -251,44 +345,64 @@ def load_denoiser(name: str, *, weights: bool = True, device: str | torch.device
             torch.manual_seed(seed)
             model = cls.from_config(config)
         return _place(model, device, dtype)
+    _quiet()
     if spec.embedded:
-        _quiet()
         model = cls.from_pretrained(_check_embedded(spec) / spec.denoiser_subfolder, **_dtype_kwarg(dtype))
         return _place(model, device, None)
+    _check_variant(spec, kwargs)
     model = _load(lambda: cls.from_pretrained(spec.hub_id, subfolder=spec.denoiser_subfolder,
-                                              **_dtype_kwarg(dtype), **kwargs), spec.hub_id, spec.family)
+                                              **_dtype_kwarg(dtype), **kwargs),
+                  spec.hub_id, spec.family, kwargs.get("revision"))
     return _place(model, device, None)
 
 
-def load_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+def load_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                   **kwargs):
-    """Load a full text-to-image pipeline (diffusers ``DiffusionPipeline`` or embedded pipeline)."""
+    """Load a full text-to-image pipeline (diffusers ``DiffusionPipeline`` or embedded pipeline).
+
+    Args:
+        name: registry name, hub id or local diffusers pipeline folder (a saved pipeline or a snapshot).
+        device, dtype: where and in which dtype; every component gets this explicit dtype (None: float16 for
+            ``variant="fp16"``, else float32).
+        kwargs: passed to ``from_pretrained``: ``variant`` (``"fp16"`` where published: SD1.5, SDXL),
+            ``revision`` (of the model's own repo; a denoiser-only repo's companion components load at their
+            default revision), ``local_files_only``, ...
+
+    Raises:
+        MissingWeightsError: a checkpoint is genuinely absent (names the hub id and the embedded alternative).
+        UnsupportedPipelineError: the checkpoint's pipeline class is not one of :data:`SUPPORTED_PIPELINES`.
+        ValueError: a ``variant`` the registered model does not publish.
+    """
     spec = _resolve(name)
+    dtype = _default_dtype(dtype, kwargs)
+    _quiet()
     if spec.embedded:
         d = _check_embedded(spec)
         index = json.loads((d / "model_index.json").read_text())
         cls = getattr(importlib.import_module(index["_module"]), index["_class_name"])
-        _quiet()
         return cls.from_pretrained(d, device=device, dtype=dtype)
     from diffusers import DiffusionPipeline
 
+    _check_variant(spec, kwargs)
     if spec.components_from:  # a denoiser-only repo: the rest comes from its companion pipeline repo
-        den = load_denoiser(spec.name, device="cpu", dtype=dtype, **{k: v for k, v in kwargs.items()
-                                                                    if k in ("variant", "revision", "local_files_only")})
+        den = load_denoiser(spec.name, device="cpu", dtype=dtype, **kwargs)
+        rest = {k: v for k, v in kwargs.items() if k not in ("revision", "variant")}
+        _check_pipeline_class(spec, spec.components_from, rest)
         pipe = _load(lambda: DiffusionPipeline.from_pretrained(
-            spec.components_from, **{spec.denoiser_subfolder: den}, **_dtype_kwarg(dtype), **kwargs),
+            spec.components_from, **{spec.denoiser_subfolder: den}, **_dtype_kwarg(dtype), **rest),
             spec.components_from, spec.family)
     else:
+        _check_pipeline_class(spec, spec.hub_id, kwargs)
         pipe = _load(lambda: DiffusionPipeline.from_pretrained(spec.hub_id, **_dtype_kwarg(dtype), **kwargs),
-                     spec.hub_id, spec.family)
+                     spec.hub_id, spec.family, kwargs.get("revision"))
     return pipe.to(device)
 
 
 for _spec in (
     ModelSpec("sd15", "unet", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, 8,
-              description="Stable Diffusion 1.5 (U-Net, 16 self-attention layers)"),
+              description="Stable Diffusion 1.5 (U-Net, 16 self-attention layers)", variants=("fp16",)),
     ModelSpec("sdxl", "unet", "stabilityai/stable-diffusion-xl-base-1.0", 1024, 8,
-              description="Stable Diffusion XL base 1.0 (U-Net, 70 self-attention layers)"),
+              description="Stable Diffusion XL base 1.0 (U-Net, 70 self-attention layers)", variants=("fp16",)),
     ModelSpec("pixart-sigma-512", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-512-MS", 512, 8, 2,
               description="PixArt-Σ XL/2 at 512 px (DiT, 28 self-attention layers)",
               components_from="PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"),

@@ -1,14 +1,17 @@
-"""Distilling self-attention into ΔConvBlocks (paper Sec. 4.3), for any diffusers denoiser.
+"""Distilling self-attention into a trainable token mixer (paper Sec. 4.3), for any diffusers denoiser.
 
 The student is a deep copy of the teacher's denoiser converted with
-:func:`aconvlib.convert.to_deltaconv`: every ``attn1`` becomes a ΔConvBlock and everything else is
-frozen, so only the ΔConv weights train. One step, for clean latents x₀ and text states c:
+:func:`aconvlib.mixers.convert.to_mixer`: every ``attn1`` becomes a mixer of the run's kind
+(``DistillConfig.mixer``: ``"deltaconv"``, the paper's ΔConvBlock, or ``"linear"``, LinFusion-style
+linear attention initialised from the teacher's attn1, trained the same way in the paper's
+comparison) and everything else is frozen, so only the mixer weights train. Window attention is
+training-free and is not distilled. One step, for clean latents x₀ and text states c:
 
     t ~ U{0, …, T−1},  ε ~ N(0, I),  x_t = α_t x₀ + σ_t ε            (the teacher's noise schedule)
     p_T = teacher(x_t, t, c) (no grad),  p_S = student(x_t, t, c)
     ε̂ = the prediction in ε-space (ε-prediction as is; v-prediction: ε̂ = α_t v̂ + σ_t x_t)
     L_out = w_t · ( ‖ε̂_S − ε‖² + ‖ε̂_S − ε̂_T‖² ),   w_t = min(γ / SNR_t, 1),  SNR_t = α_t² / σ_t²
-    L_f   = Σ_l ‖Δ^l(z_S^l) − A^l(z_T^l)‖²     (mean over elements; output of each token mixer)
+    L_f   = Σ_l ‖M^l(z_S^l) − A^l(z_T^l)‖²     (mean over elements; output of each token mixer M^l)
     L     = L_out + β · L_f
 
 ``w_t`` is Min-SNR-γ weighting (Hang et al. 2023) written for ε-prediction (γ = 5 in the paper);
@@ -28,7 +31,7 @@ unconditional branch of classifier-free guidance is distilled too).
 Runs are tasks of :class:`aconvlib.training.loop.RunLoop`: a tqdm bar, a log in
 ``<out>/distill_log.jsonl``, atomic checkpoints in ``<out>/ckpt.pt`` (adapter weights, optimizer,
 step, generator) and resume after a kill with ``resume=True``; the result is saved with
-:func:`aconvlib.mixers.convert.save_deltaconv` to ``<out>/adapter``.
+:func:`aconvlib.mixers.convert.save_mixer` to ``<out>/adapter`` (load it with ``load_mixer``).
 """
 from __future__ import annotations
 
@@ -39,11 +42,12 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..mixers.convert import deltaconv_layers, get_adapter, load_deltaconv, save_deltaconv, to_deltaconv
+from ..mixers.convert import MIXER_KINDS, TRAINABLE_KINDS, get_adapter, load_mixer, mixer_layers, save_mixer, to_mixer
 from ..models import denoise, family_of, get_denoiser, self_attention_layers
 from .loop import RunLoop
 
-__all__ = ["DistillConfig", "Distiller", "make_student", "min_snr_weight", "prediction_gap", "to_epsilon"]
+__all__ = ["DistillConfig", "Distiller", "check_trainable_kind", "make_student", "min_snr_weight", "prediction_gap",
+           "to_epsilon"]
 
 
 @dataclass
@@ -65,6 +69,7 @@ class DistillConfig:
     max_minutes: float | None = None
     init_adapter: str | None = None  # start from this saved adapter (re-distillation) instead of fresh blocks
     image_sizes: tuple[int, ...] = (64,)  # mini models: px of the batches, cycled per step (mixed resolution)
+    mixer: str = "deltaconv"        # token mixer to distill into: deltaconv | linear
 
     def __post_init__(self):
         self.validate()
@@ -88,6 +93,18 @@ class DistillConfig:
             raise ValueError(f"kernel_sizes must be 'paper', 'official' or an odd integer, got {ks!r}")
         if not self.image_sizes or any(int(px) <= 0 for px in self.image_sizes):
             raise ValueError(f"image_sizes must be positive, got {self.image_sizes!r}")
+        check_trainable_kind(self.mixer, "mixer")
+
+
+def check_trainable_kind(kind, what: str = "kind") -> str:
+    """``kind`` if it names a mixer that can be distilled, else a ValueError saying why not."""
+    if kind not in MIXER_KINDS:
+        raise ValueError(f"{what} must be one of {TRAINABLE_KINDS} (a trainable token mixer), got {kind!r}")
+    if kind not in TRAINABLE_KINDS:
+        raise ValueError(f"{what}={kind!r}: {kind} attention is training-free (it runs on the teacher's own attention "
+                         f"weights), there is nothing to distill; convert with aconvlib.mixers.to_mixer(pipe, "
+                         f"{kind!r}, ...) instead, or distill one of {TRAINABLE_KINDS}")
+    return kind
 
 
 def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -123,20 +140,29 @@ class _Outputs:
             h.remove()
 
 
-def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | None = None):
-    """A copy of ``pipe`` whose denoiser is a ΔConv student (the teacher's other components are shared).
+def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | None = None, *,
+                 kind: str = "deltaconv", **mixer_options):
+    """A copy of ``pipe`` whose denoiser is a student with ``kind`` mixers (the teacher's other components are shared).
 
-    ``init_adapter``: start from a saved adapter (folder) instead of fresh blocks, e.g. to re-distill
-    after the teacher was fine-tuned; ``kernel_sizes`` and ``seed`` are then the adapter's.
+    ``kind``: ``"deltaconv"`` (fresh ΔConv blocks with ``kernel_sizes``) or ``"linear"`` (linear
+    attention initialised from the teacher's attn1; ``kernel_sizes`` must stay ``"paper"``).
+    ``mixer_options`` go to :func:`~aconvlib.mixers.convert.to_mixer` (e.g. ``hidden_ratio``).
+    ``init_adapter``: start from a saved adapter (folder) of that kind instead of fresh mixers, e.g.
+    to re-distill after the teacher was fine-tuned; the options and ``seed`` are then the adapter's.
     """
+    check_trainable_kind(kind)
+    if kind == "deltaconv":
+        mixer_options["kernel_sizes"] = kernel_sizes
+    elif kernel_sizes != "paper":
+        raise ValueError(f"kernel_sizes={kernel_sizes!r} applies to ΔConv students, not {kind!r} ones")
     student = copy.copy(pipe)
     name = family_of(get_denoiser(pipe)).pipeline_attr
     den = copy.deepcopy(get_denoiser(pipe))
     if init_adapter:
-        den = load_deltaconv(den, init_adapter, freeze=True)
+        den = load_mixer(den, init_adapter, freeze=True, kind=kind)
         get_adapter(den).requires_grad_(True)
     else:
-        den = to_deltaconv(den, kernel_sizes, seed=seed)
+        den = to_mixer(den, kind, seed=seed, **mixer_options)
     setattr(student, name, den)
     if hasattr(student, "denoiser_name"):
         student.denoiser_name = name
@@ -144,7 +170,11 @@ def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | 
 
 
 class Distiller(RunLoop):
-    """One distillation run of ``teacher``'s self-attention into ``student``'s ΔConv blocks, in ``out``.
+    """One distillation run of ``teacher``'s self-attention into ``student``'s token mixers, in ``out``.
+
+    The student comes from :func:`make_student` with ``kind=cfg.mixer``; only its adapter's
+    parameters are optimised, and the feature loss hooks every mixer wrapper (whatever its kind)
+    and the teacher's ``attn1`` of the same name.
 
     ``batches(start_step)`` returns the batch iterator from step ``start_step`` on (so a resumed run
     sees the batches it had not seen yet).
@@ -165,9 +195,12 @@ class Distiller(RunLoop):
         self.student_pipe = student_pipe
         self.student = get_denoiser(student_pipe).to(self.device)
         self.adapter = get_adapter(student_pipe)
+        if self.adapter.kind != cfg.mixer:
+            raise ValueError(f"the student holds {self.adapter.kind} mixers but the config says mixer={cfg.mixer!r}; "
+                             f"build it with make_student(pipe, kind={cfg.mixer!r}) or set DistillConfig.mixer")
         self.params = [p for p in self.adapter.parameters() if p.requires_grad]
         if not self.params:
-            raise ValueError("the student has no trainable ΔConv parameters")
+            raise ValueError(f"the student has no trainable {self.adapter.title} parameters")
         sched = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
         self.prediction_type = sched.config.prediction_type
         self.alphas = sched.alphas_cumprod.to(self.device)
@@ -177,7 +210,7 @@ class Distiller(RunLoop):
             self.resume_from_checkpoint()
         self.batches = batches(self.step)
         teacher_layers = {l.name: l.module for l in self_attention_layers(self.teacher)}
-        student_layers = dict(deltaconv_layers(self.student))
+        student_layers = dict(mixer_layers(self.student))
         if set(teacher_layers) != set(student_layers):
             raise ValueError("teacher and student self-attention layers differ; build the student with make_student")
         self.t_out, self.s_out = _Outputs(teacher_layers), _Outputs(student_layers)
@@ -226,7 +259,7 @@ class Distiller(RunLoop):
 
     def finish(self, summary: dict) -> dict:
         self.student.eval()
-        save_deltaconv(self.student, str(self.out / "adapter"))
+        save_mixer(self.student, str(self.out / "adapter"))
         return {**summary, "adapter": str(self.out / "adapter")}
 
     def state(self) -> dict:

@@ -18,6 +18,10 @@ Callables (they receive CPU tensors, may run on any device, are called under ``t
 * ``encode_text(list[str]) -> dict[str, Tensor]`` with batch-first tensors, e.g. SDXL
   ``{"prompt_embeds", "pooled_prompt_embeds"}``, PixArt-Σ ``{"prompt_embeds", "prompt_attention_mask"}``.
 
+A batch may instead bring its ``latents`` [B,C,h,w] (e.g. sampled by the teacher,
+:mod:`aconvlib.training.teacher_data`) and its ``bucket`` (``"HxW"``, the pixel size they decode
+to); ``encode_images`` is then not called for it.
+
 Layout of ``cache_dir``: ``shard-00000.safetensors`` … (one per input batch, hence one bucket each:
 ``latents``, ``text.<name>`` for each text state, ``add_time_ids`` when the batch carries SDXL's
 ``original_size`` and ``crop_top_left``; keys and captions in the safetensors metadata),
@@ -194,6 +198,21 @@ def _pixels(batch: Mapping, k: int) -> torch.Tensor:
     return px.float()
 
 
+def _given_latents(batch: Mapping, k: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A batch that brings its ``latents`` [B, C, h, w] (e.g. sampled by a teacher) and its ``bucket``
+    ("HxW" in pixels, the size they decode to): (latents, (H, W))."""
+    lat, bucket = batch["latents"], batch.get("bucket")
+    if not isinstance(lat, torch.Tensor) or lat.ndim != 4:
+        got = f"shape {tuple(lat.shape)}" if isinstance(lat, torch.Tensor) else type(lat).__name__
+        raise CacheError(f"batch {k}: 'latents' must be a [B, C, h, w] tensor (got {got})")
+    try:
+        h, w = (int(v) for v in str(bucket).lower().split("x"))
+    except ValueError:
+        raise CacheError(f"batch {k}: a batch with 'latents' needs 'bucket', its pixel size as \"HxW\" "
+                         f"(got {bucket!r})") from None
+    return lat, (h, w)
+
+
 def _pairs(v: Any, n: int, name: str, k: int) -> torch.Tensor:
     t = torch.as_tensor(v, dtype=torch.float32)
     if t.shape != (n, 2):
@@ -345,27 +364,32 @@ class LatentCache:
                    disable=not progress)
         try:
             for k, b in source:
-                px = _pixels(b, k)
-                n = px.shape[0]
+                if isinstance(b, Mapping) and b.get("latents") is not None:  # already latents (teacher samples)
+                    lat, size = _given_latents(b, k)
+                    n = lat.shape[0]
+                else:
+                    px = _pixels(b, k)
+                    n, size = px.shape[0], (int(px.shape[-2]), int(px.shape[-1]))
                 captions = b.get("captions")
                 if isinstance(captions, str) or captions is None or len(captions) != n:
                     raise CacheError(f"batch {k}: needs 'captions', a list of {n} strings")
-                with torch.no_grad():
-                    lat = encode_images(px)
+                if b.get("latents") is None:
+                    with torch.no_grad():
+                        lat = encode_images(px)
                 if not isinstance(lat, torch.Tensor) or lat.ndim < 2 or lat.shape[0] != n:
                     got = tuple(lat.shape) if isinstance(lat, torch.Tensor) else type(lat).__name__
                     raise CacheError(f"batch {k}: encode_images must return a [B, ...] tensor with B = {n}, got {got}")
                 tensors = {"latents": cast(lat), **text_states(list(captions), f"batch {k}")}
                 if b.get("original_size") is not None and b.get("crop_top_left") is not None:
                     target = b.get("target_size")
-                    target = [list(px.shape[-2:])] * n if target is None else target
+                    target = [list(size)] * n if target is None else target
                     tensors["add_time_ids"] = torch.cat([_pairs(b["original_size"], n, "original_size", k),
                                                          _pairs(b["crop_top_left"], n, "crop_top_left", k),
                                                          _pairs(target, n, "target_size", k)], dim=1)
                 keys = [str(x) for x in b["keys"]] if b.get("keys") is not None else None
                 file = f"shard-{k:05d}.safetensors"
                 _save(self.dir / file, tensors, {"keys": json.dumps(keys), "captions": json.dumps(list(captions))})
-                meta["shards"].append({"file": file, "count": n, "bucket": f"{px.shape[-2]}x{px.shape[-1]}",
+                meta["shards"].append({"file": file, "count": n, "bucket": f"{size[0]}x{size[1]}",
                                        "keys_sha": _keys_digest(keys),
                                        "shapes": {name: list(t.shape[1:]) for name, t in tensors.items()}})
                 for name, t in tensors.items():

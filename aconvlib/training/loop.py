@@ -77,6 +77,11 @@ class RunLoop:
     def after_step(self) -> None:
         """Called after every step (EMA updates, sample grids, ...)."""
 
+    def should_stop(self) -> bool:
+        """Checked after every step (after the checkpoint): stop early? Default: the ``max_minutes`` deadline
+        passed. Data-parallel tasks override it so that all processes agree."""
+        return bool(self.deadline) and time.time() > self.deadline
+
     def config(self) -> dict:
         """Written to ``<out>/config.json`` at the start of :meth:`run`."""
         return {}
@@ -130,7 +135,7 @@ class RunLoop:
             bar.update(1)
             if self.step % self.ckpt_every == 0:
                 self.save()
-            if self.deadline and time.time() > self.deadline:
+            if self.should_stop():
                 break
         bar.close()
         self.save()

@@ -1,0 +1,160 @@
+"""Chapter 7 on the real models: teacher samples, and the distilled ΔConv student where an adapter exists.
+
+The embedded models ship their distilled adapters; the real ones (SD1.5, SDXL, PixArt-Σ) have none in this
+repository. :func:`evaluate_real_adapters` takes a mapping ``model → adapter`` (a local folder written by
+``save_deltaconv`` or a hub id) and, per model, generates from the same prompts and noise with the stock
+pipeline (the teacher) and, when the adapter is there, with the ΔConv student; it says plainly which models
+have no adapter and shows what it can measure on them (the teacher's samples and timing).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["RealAdapterReport", "evaluate_real_adapters", "resolve_adapter"]
+
+TEACHER = "self-attention (teacher)"
+STUDENT = "ΔConv (distilled)"
+
+
+@dataclass
+class RealAdapterReport:
+    """What :func:`evaluate_real_adapters` measured.
+
+    Attributes:
+        rows: one dict per model (model, adapter, prompts, size, steps, seconds per image, RMSE student vs
+            teacher and, for scale, teacher vs another prompt's teacher image).
+        images: model → label (teacher / student) → uint8 [P, H, W, 3].
+        prompts: model → prompts; ``lines``: the plain-language summary, one line per model.
+    """
+
+    rows: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)
+    prompts: dict = field(default_factory=dict)
+    lines: list = field(default_factory=list)
+
+    @property
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def plot(self, model: str, n_show: Optional[int] = None):
+        from .plotting import plot_image_rows
+
+        rows = {k: v[:n_show] for k, v in self.images[model].items()}
+        prompts = self.prompts[model][:n_show]
+        title = (f"{model}: teacher vs ΔConv student, same prompts and noise" if STUDENT in rows
+                 else f"{model}: teacher samples (no distilled ΔConv adapter available)")
+        return plot_image_rows(rows, prompts, title=title)
+
+
+def resolve_adapter(value, base: Optional[Path] = None) -> tuple[Optional[str], str]:
+    """``(location, why)`` of an adapter given as a local folder (relative to ``base``) or a hub id.
+
+    ``location`` is None when the adapter is not available here; ``why`` says what was looked for.
+    """
+    if value in (None, ""):
+        return None, "no adapter given"
+    p = Path(os.path.expanduser(str(value)))
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    if (p / "config.json").is_file():
+        return str(p), f"local folder {p}"
+    text = str(value)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(text), f"hub id {text}"
+        except Exception as err:  # noqa: BLE001 - offline, unknown repo, no network: all mean "not here"
+            return None, f"hub id {text} not available ({type(err).__name__})"
+    return None, f"no adapter at {p} (no config.json)"
+
+
+def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batch_size) -> np.ndarray:
+    import torch
+
+    from .studies import generation_kwargs
+
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        gen = torch.Generator("cpu").manual_seed(seed + i)
+        res = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
+                   generator=gen, height=height, width=width, **generation_kwargs(pipe))
+        out += [np.asarray(im.convert("RGB")) for im in res.images]
+    return np.stack(out)
+
+
+def _rmse(a: np.ndarray, b: np.ndarray) -> float:
+    """Pixel RMSE in [0, 1] units of two uint8 image stacks."""
+    return float(np.sqrt((((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2).mean()))
+
+
+def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str, str]] = None, *, n_prompts: int = 4,
+                           steps: int = 20, guidance_scale: float = 4.5, height: Optional[int] = None,
+                           width: Optional[int] = None, seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                           batch_size: int = 1, adapter_base: Optional[Path] = None,
+                           prompts: Optional[Sequence[str]] = None) -> RealAdapterReport:
+    """Teacher samples of every real model in ``models`` and, where ``adapters`` has one, its ΔConv student's.
+
+    Memory is checked for all models before any work (:func:`aconvlib.book.setup.check_memory`). Sampling is the
+    studies' (DPM-Solver++, :func:`aconvlib.book.studies.load_study_pipeline`); teacher and student use the same
+    prompts and the same initial noise. Adapters: ``model → local folder (relative to adapter_base) or hub id``.
+    """
+    import torch
+
+    from ..mixers.convert import load_deltaconv
+    from ..models import get_spec
+    from .setup import check_memory
+    from .studies import default_prompts, load_study_pipeline
+
+    report = RealAdapterReport()
+    models = list(models or [])
+    adapters = dict(adapters or {})
+    unknown = sorted(set(adapters) - set(models))
+    if unknown:
+        raise ValueError(f"real_adapters names {unknown}, which are not in real_models {models}")
+    if not models:
+        report.lines.append("No real model selected under this profile (real_models is empty): the sections above "
+                            "are the whole measurement. The `full` profile runs this part on SD1.5, SDXL and PixArt-Σ.")
+        return report
+    check_memory(models, device, dtype, height=height, width=width, batch_size=batch_size, capture=False)
+    for m in models:
+        spec = get_spec(m)
+        h, w = height or spec.default_px, width or spec.default_px
+        texts = list(prompts) if prompts is not None else default_prompts(m, n_prompts)
+        location, why = resolve_adapter(adapters.get(m), adapter_base)
+        pipe = load_study_pipeline(m, device, dtype)
+        kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)
+        t0 = time.perf_counter()
+        images = {TEACHER: _generate(pipe, texts, **kw)}
+        t_teacher = (time.perf_counter() - t0) / len(texts)
+        row = dict(model=m, adapter=location or "none", prompts=len(texts), size=f"{h}x{w}", steps=steps,
+                   teacher_s_per_image=round(t_teacher, 3))
+        if location is not None:
+            load_deltaconv(pipe, location)
+            t0 = time.perf_counter()
+            images[STUDENT] = _generate(pipe, texts, **kw)
+            row["student_s_per_image"] = round((time.perf_counter() - t0) / len(texts), 3)
+            row["rmse_student_vs_teacher"] = _rmse(images[STUDENT], images[TEACHER])
+            report.lines.append(f"{m}: ΔConv student from {why} evaluated against its teacher on {len(texts)} prompt(s), "
+                                f"same noise, {h}x{w} px, {steps} steps.")
+        else:
+            report.lines.append(f"{m}: no distilled ΔConv adapter available ({why}); shown: the teacher's samples only. "
+                                f"The paper's Table 3 students are not published; distill one with "
+                                f"aconvlib.training.distill and pass real_adapters={{{m}: <folder or hub id>}}.")
+        if len(texts) > 1:
+            row["rmse_teacher_vs_other_prompt"] = _rmse(images[TEACHER], np.roll(images[TEACHER], 1, axis=0))
+        report.rows.append(row)
+        report.images[m] = images
+        report.prompts[m] = texts
+        del pipe
+        if str(device).startswith("cuda"):
+            torch.cuda.empty_cache()
+    return report

@@ -1,0 +1,67 @@
+"""Memory estimates refuse an over-budget run before any work, with the numbers; `aconv doctor` reports what the
+(fixture) cache holds."""
+import pytest
+
+from aconvlib.analysis.capture import MemoryBudgetError
+from aconvlib.book import setup as book_setup
+from aconvlib.models.memory import estimate_run_bytes
+
+REAL = ("sd15", "sdxl", "pixart-sigma-512", "pixart-sigma-1024")
+
+
+def test_check_memory_refuses_an_over_budget_run_with_the_numbers(empty_hub):
+    est = estimate_run_bytes("sdxl", "float16", 1024, 1024, batch=2, capture=True)
+    assert est.total > 7 * 2**30   # published sizes (nothing cached): 3.5 G parameters in fp16 alone
+    with pytest.raises(MemoryBudgetError) as e:
+        book_setup.check_memory(["sdxl"], "cuda", "float16", height=1024, width=1024, batch_size=2,
+                                available=4 * 2**30)
+    msg = str(e.value)
+    assert "sdxl on cuda in float16" in msg and est.describe() in msg and "4.0 GiB are free" in msg
+    assert "batch_size (now 2)" in msg and "README" in msg
+    ok = book_setup.check_memory(["sd15"], "cuda", "float16", height=512, width=512, available=64 * 2**30)
+    assert ok["sd15"].total < 64 * 2**30
+
+
+def test_a_locality_chapter_refuses_before_loading_anything(empty_hub, monkeypatch, tmp_path):
+    from aconvlib.book import studies
+
+    monkeypatch.setattr(book_setup, "available_bytes", lambda device: 2 * 2**30)
+    monkeypatch.setattr(studies, "capture_study", lambda *a, **k: pytest.fail("capture started before the check"))
+    with pytest.raises(MemoryBudgetError, match="pixart-sigma-512"):
+        book_setup.locality_studies(["pixart-sigma-512"], device="cuda", dtype="float16", output_dir=tmp_path)
+
+
+def test_estimates_count_cached_checkpoints_and_not_the_companion_denoiser_twice(fixture_hub):
+    from aconvlib.models.memory import cached_params, denoiser_params
+
+    base = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"
+    own = cached_params("PixArt-alpha/PixArt-Sigma-XL-2-512-MS")
+    rest = cached_params(base, exclude=("transformer",))
+    assert 0 < rest < cached_params(base)
+    est = estimate_run_bytes("pixart-sigma-512", "float32", 64, 64, cfg=False)
+    assert est.weights == 4 * (own + rest)            # the tiny fixture weights, not the published sizes
+    assert est.weights < 4 * denoiser_params("pixart-sigma-512")
+
+
+def test_doctor_lists_fixture_checkpoints_as_cached(fixture_hub, capsys):
+    from aconvlib.cli import main
+    from aconvlib.cli.doctor import report
+
+    rows = {r["model"]: r for r in report()["models"]}
+    assert all(rows[m]["cached"] for m in REAL) and rows["mini-sd"]["cached"]
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in REAL}
+    assert set(lines) == set(REAL) and all(lines[m][1] == "yes" for m in REAL), out
+    assert "07_distillation" in out and "sdxl" in out.split("07_distillation")[1].splitlines()[0]
+
+
+def test_doctor_without_checkpoints(empty_hub, capsys):
+    from aconvlib.cli import main
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in REAL}
+    assert all(lines[m][1] == "no" and lines[m][-1] == "no" for m in REAL), out
+    ch = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  0")}
+    assert ch["02_attention_maps"] == "no" and ch["00_models"] == "yes" and ch["06_deltaconv_block"] == "yes"
