@@ -25,7 +25,9 @@ def test_check_memory_refuses_an_over_budget_run_with_the_numbers(empty_hub):
 def test_a_locality_chapter_refuses_before_loading_anything(empty_hub, monkeypatch, tmp_path):
     from aconvlib.book import studies
 
-    monkeypatch.setattr(book_setup, "available_bytes", lambda device: 2 * 2**30)
+    from aconvlib.book import budget
+
+    monkeypatch.setattr(budget, "available_bytes", lambda device: 2 * 2**30)
     monkeypatch.setattr(studies, "capture_study", lambda *a, **k: pytest.fail("capture started before the check"))
     with pytest.raises(MemoryBudgetError, match="pixart-sigma-512"):
         book_setup.locality_studies(["pixart-sigma-512"], device="cuda", dtype="float16", output_dir=tmp_path)

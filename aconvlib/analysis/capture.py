@@ -178,6 +178,37 @@ class AttentionCapture:
     def counts(self) -> dict[str, int]:
         return {n: s.count for n, s in self._states.items()}
 
+    # ---------------------------------------------------------------- data parallel
+    def reduce(self, group=None) -> "AttentionCapture":
+        """Sum the accumulators and counts over the processes of ``group`` (``torch.distributed``; default:
+        the world), once, after the processes captured different prompts: every process then holds the
+        maps of all of them — the same sums as one process over all prompts (up to float summation order).
+        A process that captured nothing contributes zeros (its grids are the expected latent size's).
+        ``calls`` stays per process. A no-op without an initialised process group."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        states = list(self._states.values())  # same order on every process
+        tokens = torch.tensor([(s.grid or s.layer.grid)[0] * (s.grid or s.layer.grid)[1] for s in states],
+                              dtype=torch.float64)
+        on_cpu = dist.get_backend(group) == "gloo"
+        dev = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
+        lo, hi = tokens.to(dev), tokens.to(dev).clone()
+        dist.all_reduce(lo, dist.ReduceOp.MIN, group=group)
+        dist.all_reduce(hi, dist.ReduceOp.MAX, group=group)
+        if not torch.equal(lo, hi):
+            raise ValueError("the processes captured different token grids; use one image size for all prompts")
+        counts = torch.tensor([float(s.count) for s in states], dtype=torch.float64, device=dev)
+        dist.all_reduce(counts, group=group)
+        for s, n, c in zip(states, tokens.long().tolist(), counts.tolist()):
+            home = s.acc.device if s.acc is not None else dev
+            acc = s.acc.to(dev) if s.acc is not None else torch.zeros(n, n, dtype=torch.float32, device=dev)
+            dist.all_reduce(acc, group=group)
+            s.acc, s.count = acc.to(home), int(round(c))
+            s.grid = s.grid or s.layer.grid
+        return self
+
     # ---------------------------------------------------------------- budget
     def _check_budget(self, grids) -> None:
         need = estimate_capture_bytes(grids, self.workspace_bytes)

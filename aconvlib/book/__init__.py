@@ -2,7 +2,8 @@
 (:mod:`~aconvlib.book.runner`), the capture studies shared by the locality chapters
 (:mod:`~aconvlib.book.studies`), figures (:mod:`~aconvlib.book.plotting`), the embedded models'
 training report (:mod:`~aconvlib.book.training_report`), the chapters' common setup
-(:mod:`~aconvlib.book.setup`), the numbers each chapter records (:mod:`~aconvlib.book.records`) and their
+(:mod:`~aconvlib.book.setup`), the memory check before any work (:mod:`~aconvlib.book.budget`), chapter 7's
+real-model part (:mod:`~aconvlib.book.real_adapters`), the numbers each chapter records (:mod:`~aconvlib.book.records`) and their
 comparison with reviewed references (:mod:`~aconvlib.book.regression`, ``aconv regress``).
 """
 from .records import record

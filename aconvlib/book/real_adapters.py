@@ -103,7 +103,7 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
                            prompts: Optional[Sequence[str]] = None) -> RealAdapterReport:
     """Teacher samples of every real model in ``models`` and, where ``adapters`` has one, its ΔConv student's.
 
-    Memory is checked for all models before any work (:func:`aconvlib.book.setup.check_memory`). Sampling is the
+    Memory is checked for all models before any work (:func:`aconvlib.book.budget.check_memory`). Sampling is the
     studies' (DPM-Solver++, :func:`aconvlib.book.studies.load_study_pipeline`); teacher and student use the same
     prompts and the same initial noise. Adapters: ``model → local folder (relative to adapter_base) or hub id``.
     """
@@ -111,7 +111,7 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
 
     from ..mixers.convert import load_deltaconv
     from ..models import get_spec
-    from .setup import check_memory
+    from .budget import check_memory
     from .studies import default_prompts, load_study_pipeline
 
     report = RealAdapterReport()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..models import paper_table
+from .budget import available_bytes, check_memory   # noqa: F401 - the chapters' memory check, re-exported here
 
 __all__ = ["check_memory", "locality_studies", "paper_thresholds", "setup_chapter"]
 
@@ -35,44 +36,6 @@ def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optiona
     pd.set_option("display.max_rows", 120)
     out = Path(output_dir) / chapter
     out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def available_bytes(device: str) -> int:
-    """Free memory of ``device``: the GPU's free memory on CUDA, the host's available memory on CPU."""
-    import os
-
-    import torch
-
-    if str(device).startswith("cuda"):
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_memory(models: Sequence[str], device: str, dtype: str, *, height: Optional[int] = None,
-                 width: Optional[int] = None, batch_size: int = 1, capture: bool = True,
-                 available: Optional[int] = None) -> dict:
-    """Refuse, before any work, a run whose estimated memory exceeds the device's free memory.
-
-    Estimates come from :func:`aconvlib.models.memory.estimate_run_bytes` (weights in ``dtype`` +
-    activations + attention-capture accumulators). Returns ``{model: RunEstimate}``.
-
-    Raises:
-        MemoryBudgetError: naming the model, both numbers and the parameters that lower the need.
-    """
-    from ..analysis.capture import MemoryBudgetError
-    from ..models.memory import estimate_run_bytes
-
-    free = available_bytes(device) if available is None else available
-    out = {}
-    for m in models:
-        est = estimate_run_bytes(m, dtype, height, width, batch=batch_size, capture=capture)
-        if est.total > free:
-            raise MemoryBudgetError(
-                f"{m} on {device} in {dtype} needs about {est.describe()}, but {free / 2**30:.1f} GiB are free. "
-                f"Lower batch_size (now {batch_size}) or height/width, use dtype float16, select fewer models, "
-                f"or run on a larger device (see `aconv doctor` and the README's memory table).")
-        out[m] = est
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -180,12 +181,14 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
                   guidance_scale: float = 4.0, height: Optional[int] = None, width: Optional[int] = None,
                   seed: int = 0, device="cpu", dtype="float32", capture_steps=None, layers=None,
                   batch_size: int = 4, memory_budget_gb: float = 8.0, output_dir=None, weights: str = "trained",
-                  cache: bool = True, pipe=None, verbose: bool = True, scheduler: str = "dpm") -> CaptureStudy:
+                  cache: bool = True, pipe=None, verbose: bool = True, scheduler: str = "dpm",
+                  accelerator=None) -> CaptureStudy:
     """Generate one image per prompt with ``model`` while capturing every self-attention map.
 
     Args:
         model: registry name (``mini-sd``, ``mini-dit``, ``sd15``, ``sdxl``, ``pixart-sigma-512``, ...).
-        prompts: the prompts (default: :func:`default_prompts` with ``n_prompts``).
+        prompts: the prompts, or a prompt file (:func:`aconvlib.training.prompts.load_prompts`: text, JSONL,
+            JSON or CSV) (default: :func:`default_prompts` with ``n_prompts``).
         steps, guidance_scale, height, width, seed: sampler settings (height/width default to the
             model's native size); prompt batch ``i`` uses ``torch.Generator().manual_seed(seed + i)``.
         capture_steps: step indices to average (default: all), see :func:`capture_self_attention`.
@@ -194,10 +197,19 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
         pipe: an already loaded pipeline for ``model`` (skips loading).
         scheduler: ``"dpm"`` (the paper's DPM-Solver++, default) or ``"pipeline"`` (the checkpoint's own);
             see :func:`load_study_pipeline`.
+        accelerator: an accelerate ``Accelerator``/``PartialState`` of a data-parallel run (``accelerate launch``,
+            ``torchrun``): the prompt batches are dealt round-robin to the processes (each batch keeps its
+            generator seed), the accumulators are summed once at the end
+            (:meth:`~aconvlib.analysis.capture.AttentionCapture.reduce`), the images gathered, and the main
+            process writes the cache; every process returns the whole study, the same as one process's.
     """
     spec = get_spec(model)
     height = height or spec.default_px
     width = width or spec.default_px
+    if isinstance(prompts, (str, os.PathLike)):
+        from ..training.prompts import load_prompts
+
+        prompts = load_prompts(prompts)
     prompts = list(prompts) if prompts is not None else default_prompts(model, n_prompts)
     params = dict(model=spec.name, weights=weights, prompts=prompts, steps=steps, guidance_scale=guidance_scale,
                   height=height, width=width, seed=seed, dtype=str(_dtype(dtype)).replace("torch.", ""),
@@ -214,28 +226,46 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
             if verbose:
                 print(f"[studies] loaded cached capture {path}")
             return study
+    if pipe is None:
+        from .budget import check_memory   # refuse an over-budget run before loading anything
+
+        check_memory([spec.name], device, str(_dtype(dtype)).replace("torch.", ""), height=height, width=width,
+                     batch_size=min(batch_size, len(prompts)), capture=True)
     pipe = pipe or load_study_pipeline(spec.name, device, dtype, weights, scheduler)
-    images = []
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    batches: dict[int, list] = {}
     t0 = time.time()
     latent_hw = spec.latent_grid(height, width)
     with capture_self_attention(pipe, layers, steps=capture_steps, memory_budget_gb=memory_budget_gb,
                                 latent_hw=latent_hw) as cap:
-        for i in range(0, len(prompts), batch_size):
+        for i in list(range(0, len(prompts), batch_size))[rank::world]:
             gen = torch.Generator("cpu").manual_seed(seed + i)
             out = pipe(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
                        generator=gen, height=height, width=width, **generation_kwargs(pipe))
-            images += [np.asarray(im.convert("RGB")) for im in out.images]
+            batches[i] = [np.asarray(im.convert("RGB")) for im in out.images]
     seconds = time.time() - t0
+    if world > 1:
+        import torch.distributed as dist
+
+        cap.reduce()
+        parts = [None] * world
+        dist.all_gather_object(parts, (batches, seconds))
+        batches = {i: ims for part, _ in parts for i, ims in part.items()}
+        seconds = max(sec for _, sec in parts)
+    images = [im for i in sorted(batches) for im in batches[i]]
     layer_info = [dict(name=lay.name, label=layer_label(lay.name), level=lay.level, grid=cap.grids[lay.name],
                        heads=lay.heads) for lay in cap.layers]
     study = CaptureStudy(model=spec.name, weights=weights, family=spec.family, prompts=prompts,
                          images=np.stack(images), layers=layer_info, maps=cap.maps, grids=cap.grids,
                          params=params, seconds=seconds)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v for k, v in study.__dict__.items() if k != "path"}, path)
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v for k, v in study.__dict__.items() if k != "path"}, path)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
         study.path = str(path)
-    if verbose:
+    if verbose and rank == 0:
         print(f"[studies] {study.describe()}: generated and captured in {seconds:.1f} s")
     return study
 

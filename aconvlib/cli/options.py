@@ -34,7 +34,8 @@ def _parser_for(tp):
 def add_config_flags(parser: argparse.ArgumentParser, cls, exclude=(), help: dict | None = None) -> list[str]:
     """Add one ``--field-name`` flag per field of dataclass ``cls`` (default: unset → the dataclass default).
 
-    Returns the field names that got a flag. Tuple fields take comma-separated values.
+    Returns the field names that got a flag. Tuple fields take comma-separated values; bool fields become
+    ``--name`` / ``--no-name``.
     """
     names = []
     hints = typing.get_type_hints(cls)
@@ -44,15 +45,22 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, exclude=(), help: dic
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        parser.add_argument(_flag(f.name), dest=f.name, type=_parser_for(hints[f.name]), default=None,
-                            metavar=f.name.upper(), help=f"{(help or {}).get(f.name, '')} (default: {shown})".strip())
+        text = f"{(help or {}).get(f.name, '')} (default: {shown})".strip()
+        if hints[f.name] is bool:  # --name / --no-name
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=text)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, type=_parser_for(hints[f.name]), default=None,
+                                metavar=f.name.upper(), help=text)
         names.append(f.name)
     return names
 
 
-def config_from_args(cls, args, names, **fixed):
-    """Build ``cls`` from the flags the user set (others keep their defaults); bad values → UsageError."""
-    kw = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+def config_from_args(cls, args, names, base: dict | None = None, **fixed):
+    """Build ``cls`` from the flags the user set over ``base`` (e.g. a recipe's values; others keep the
+    dataclass defaults); bad values → UsageError."""
+    kw = dict(base or {})
+    kw.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
     try:
         return cls(**kw, **fixed)
     except (ValueError, TypeError) as e:

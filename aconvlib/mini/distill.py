@@ -5,13 +5,14 @@ procedural dataset and knows where the embedded models' adapters ship.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
-from ..models import get_spec, load_pipeline, models_dir
+from ..models import get_denoiser, get_spec, load_pipeline, models_dir
 from ..training.distill import DistillConfig, Distiller, make_student, prediction_gap
 from . import dataset
 from .models import to_latent
@@ -43,18 +44,52 @@ def distill_batches(pipe, batch: int, seed: int = 0, caption_dropout: float = 0.
 
 
 def distill_mini(model: str = "mini-sd", out="runs/distill-mini-sd", device="cpu", resume: bool = False,
-                 quiet: bool = False, **overrides) -> dict:
-    """Distill an embedded model's self-attention into ΔConv blocks (see :class:`DistillConfig`)."""
+                 quiet: bool = False, run=None, state=None, **overrides) -> dict:
+    """Distill an embedded model's self-attention into ΔConv blocks (see :class:`DistillConfig`).
+
+    ``run``: a :class:`~aconvlib.training.accelerated.RunConfig` runs it with the
+    :class:`~aconvlib.training.accelerated.AcceleratedDistiller` (many processes, mixed precision,
+    accumulation, EMA, previews; what ``aconv distill`` does); None keeps the plain
+    :class:`~aconvlib.training.distill.Distiller` (the one the shipped adapters were distilled with).
+    """
     spec = get_spec(model)
     if not spec.embedded:
         raise ValueError(f"distill_mini works on the embedded models (mini-sd, mini-dit), not {model!r}; "
-                         "for real models build a Distiller with your own latent/text batches")
+                         "for real models use aconvlib.training.distill_model (aconv distill --data/--prompts)")
     cfg = DistillConfig(**overrides)
-    teacher = load_pipeline(model, device=device)
-    student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter, kind=cfg.mixer)
-    batches = lambda start: distill_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, device, start,  # noqa: E731
+    if run is None:
+        teacher = load_pipeline(model, device=device)
+        student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter, kind=cfg.mixer)
+        batches = lambda start: distill_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, device, start,  # noqa: E731
+                                                cfg.image_sizes)
+        return Distiller(teacher, student, batches, cfg, out, device, resume, quiet).run()
+
+    from ..training.accelerated import AcceleratedDistiller
+
+    if state is None:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=torch.device(device).type == "cpu")
+    dev = torch.device(device) if state.num_processes == 1 else torch.device(state.device)
+    teacher = load_pipeline(model, device=dev)
+    batches = lambda start: distill_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, dev, start,  # noqa: E731
                                             cfg.image_sizes)
-    return Distiller(teacher, student, batches, cfg, out, device, resume, quiet).run()
+    preview = None
+    if run.sample_every:
+        prompts = dataset.prompts(run.num_samples, split="heldout", seed=cfg.seed)
+        px = run.sample_px or int(cfg.image_sizes[0])
+
+        def preview(den, autocast):
+            pipe = teacher
+            if get_denoiser(pipe) is not den:   # not sharing weights: sample with the student copy
+                pipe = copy.copy(teacher)
+                setattr(pipe, teacher.denoiser_name, den)
+            with autocast():
+                return pipe(prompts, num_inference_steps=run.sample_steps, height=px, width=px,
+                            generator=torch.Generator("cpu").manual_seed(cfg.seed)).images
+
+    return AcceleratedDistiller(teacher, batches, cfg, out, run=run, state=state, device=dev, resume=resume,
+                                quiet=quiet, identity={"model": model, "data": "procedural"}, preview=preview).run()
 
 
 def mini_prediction_gap(teacher_pipe, student_pipe, px: int = 64, timesteps=(900, 500, 100), n: int = 8,

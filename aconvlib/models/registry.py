@@ -5,6 +5,14 @@ with diffusers ``from_pretrained`` from the Hugging Face hub id (or the local HF
 architectures also ship as package data (``configs/<name>/``) so that FLOPs, conversion and
 latency work needs no weights (random init, or the ``meta`` device).
 
+Loading rules, each tested against tiny checkpoints in the published layouts (``aconvlib.testing.hub_fixtures``):
+every component gets an explicit dtype (SDXL's text-encoder configs name float16, which transformers 5 follows
+when none is given; diffusers upcasts an fp16 ``variant`` to float32 without one); ``pixart-sigma-512`` takes
+its transformer from the 512 repo and the rest from its companion repo (``ModelSpec.components_from``); only a
+checkpoint that is genuinely absent becomes :class:`MissingWeightsError` (naming the hub id and the embedded
+alternative), anything else surfaces as itself; a pipeline class outside :data:`SUPPORTED_PIPELINES` is refused
+before any weights load (:class:`UnsupportedPipelineError`).
+
 Embedded models (``mini-sd``, ``mini-dit``) are trained by this project and ship as package data
 (``models/<name>/``, diffusers layout). Their pipeline class is named by their ``model_index.json``
 (``_module``/``_class_name``), as diffusers does for custom pipelines, so this layer needs no import
