@@ -80,3 +80,10 @@ def test_set_repository_url_rewrites_every_copy(tmp_path):
     assert all(f"git+{new}\\\"" in t for p, t in text.items() if p.suffix == ".ipynb")   # JSON-escaped quote
     nb = json.loads(text[tmp_path / "notebooks" / CHAPTERS[0].name])   # still valid JSON, same layout
     assert (tmp_path / "notebooks" / CHAPTERS[0].name).read_text() == json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def test_readme_gpu_section_names_the_same_repository():
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Running a chapter on a real model")
+    section = text[start:text.index("\n## ", start + 10)]
+    assert set(re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", section)) == {repository_url()}

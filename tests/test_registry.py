@@ -162,6 +162,26 @@ def test_pixart_512_takes_its_transformer_from_the_512_repo_and_the_rest_from_th
     assert type(pipe.tokenizer).__name__.startswith("T5Tokenizer")
 
 
+def test_hub_ids_of_registered_models_load_like_their_names(fixture_hub):
+    assert type(load_pipeline(PIXART_512)).__name__ == "PixArtSigmaPipeline"   # via its companion repo
+    assert type(load_denoiser(SD15)).__name__ == "UNet2DConditionModel"
+
+
+def test_a_denoiser_only_repo_is_named_as_such(fixture_hub, tmp_path):
+    import shutil
+
+    from aconvlib.testing.hub_fixtures import offline_hub
+
+    # an unregistered transformer-only repo: a copy of the 512 repo under another hub id
+    root = tmp_path / "other"
+    src = fixture_hub / ("models--" + PIXART_512.replace("/", "--"))
+    shutil.copytree(src, root / "hub" / "models--someone--pixart-512-finetune", symlinks=True)
+    with offline_hub(root, []):   # builds nothing: the cache holds only the copied repo
+        with pytest.raises(UnsupportedPipelineError, match="holds a denoiser only"):
+            load_pipeline("someone/pixart-512-finetune")
+        assert type(load_denoiser("someone/pixart-512-finetune")).__name__ == "PixArtTransformer2DModel"
+
+
 def test_pixart_512_names_the_missing_companion_repo(tmp_path):
     from aconvlib.testing.hub_fixtures import offline_hub
 
@@ -255,3 +275,18 @@ def test_a_missing_dependency_surfaces_as_itself(fixture_hub, monkeypatch):
     with pytest.raises(Exception) as e:
         load_pipeline("pixart-sigma-1024")   # its T5 tokenizer is converted from spiece.model by sentencepiece
     assert not isinstance(e.value, MissingWeightsError), e.value
+
+
+@pytest.mark.parametrize("name", ["sdxl", "pixart-sigma-512"])
+def test_captures_in_float16_at_the_requested_size(name, fixture_hub):
+    """The `full` profile's dtype on the published layouts: no dtype clash between components (SDXL's text encoders
+    name float16 in their configs, its U-Net does not), and PixArt generates the requested non-square size instead
+    of snapping it to an aspect-ratio bin (the captured token grid must match it)."""
+    from aconvlib.book.studies import capture_study
+
+    study = capture_study(name, n_prompts=1, steps=2, height=128, width=64, dtype="float16", output_dir=None,
+                          verbose=False)
+    assert study.images.shape == (1, 128, 64, 3)
+    # 16×8 latent: PixArt's 2×2 patches and SDXL's first attention level (after one downsampling) both see 8×4
+    assert max(tuple(lay["grid"]) for lay in study.layers) == (8, 4)
+    assert all(torch.isfinite(m).all() for m in study.maps.values())

@@ -12,7 +12,7 @@ import numpy as np
 import seaborn as sns
 
 __all__ = ["level_curves", "mark_phase_changes", "plot_asm_curves", "plot_attention_overlays", "plot_distill_curves",
-           "plot_erf", "plot_flops_vs_resolution", "plot_image_rows", "plot_prior"]
+           "plot_erf", "plot_erf_maps", "plot_flops_vs_resolution", "plot_image_rows", "plot_na_sweep", "plot_prior"]
 
 _PALETTE = "viridis"
 
@@ -234,5 +234,61 @@ def plot_distill_curves(models, smooth: int = 10):
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
     axes[0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_erf_maps(fields: dict, labels: Optional[dict] = None, title: str = "", max_layers: int = 12):
+    """Gradient ERF maps (paper Fig. 9): one row per pipeline (``fields``: label → list of
+    :class:`~aconvlib.analysis.receptive_field.ReceptiveField`, same layers), one column per layer; each panel is the
+    mass map of the position nearest the grid's centre (log colour scale, own per panel), with the centred ERF×ERF
+    window drawn in white."""
+    from matplotlib.patches import Rectangle
+
+    names = list(fields)
+    n = min(max_layers, len(fields[names[0]]))
+    fig, axes = plt.subplots(len(names), n, figsize=(1.7 * n + 0.6, 1.9 * len(names) + 0.5), squeeze=False)
+    for i, name in enumerate(names):
+        for j, rf in enumerate(fields[name][:n]):
+            ax = axes[i, j]
+            m = rf.center_map.numpy()
+            pos = min(rf.positions, key=lambda p: (p[0] - rf.grid[0] // 2) ** 2 + (p[1] - rf.grid[1] // 2) ** 2)
+            floor = max(m.max() * 1e-4, 1e-12)
+            ax.imshow(np.log10(np.maximum(m, floor)), cmap="magma")
+            r = int(rf.erf) // 2
+            ax.add_patch(Rectangle((pos[1] - r - 0.5, pos[0] - r - 0.5), 2 * r + 1, 2 * r + 1, fill=False, ec="white",
+                                   lw=0.8))
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"{(labels or {}).get(rf.name, rf.name)}\n{rf.grid[0]}×{rf.grid[1]}", fontsize=7)
+            ax.set_xlabel(f"ERF {rf.erf:.0f}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_na_sweep(sweeps: dict, column: str = "prompt_adherence", marks: Optional[dict] = None, title: str = ""):
+    """Quality vs NA window K per model (``sweeps``: model → frame of :func:`aconvlib.mini.compare.na_sweep`, rows with
+    ``K = None`` drawn as the teacher's horizontal line). ``marks``: model → {label: K} drawn as vertical lines
+    (e.g. the chapter-5 ERF, the shipped ΔConv kernel)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    colors = dict(zip(sweeps, sns.color_palette("tab10", len(sweeps))))
+    for ax, col in zip(axes, (column, "fdd")):
+        for m, df in sweeps.items():
+            ks = df.dropna(subset=["K"]).sort_values("K")
+            ax.plot(ks["K"], ks[col], "o-", color=colors[m], label=f"{m}, NA")
+            teacher = df.loc[df["K"].isna(), col]
+            if len(teacher):
+                ax.axhline(float(teacher.iloc[0]), color=colors[m], ls="--", lw=1, label=f"{m}, full attention")
+            for i, (lbl, k) in enumerate((marks or {}).get(m, {}).items()):
+                ax.axvline(k, color=colors[m], ls=":", lw=1)
+                ax.annotate(lbl, (k, 1 - 0.08 * (i + 1)), xycoords=("data", "axes fraction"), fontsize=6,
+                            color=colors[m], rotation=90, ha="right", va="top")
+        ax.set_xlabel("NA window K (clipped to each layer's grid)")
+        ax.set_ylabel({"prompt_adherence": "prompt adherence", "fdd": "FDD analogue (lower is better)"}.get(col, col))
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

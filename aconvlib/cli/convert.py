@@ -1,4 +1,4 @@
-"""``aconv convert`` (ΔConv conversion table / fresh adapter) and ``aconv bench-blocks`` (module benchmark)."""
+"""``aconv convert`` (ΔConv conversion table / fresh adapter) ``aconv bench-blocks`` and ``aconv bench-mixers`` (module benchmarks)."""
 from __future__ import annotations
 
 from .options import latent_grid, UsageError, known_model, positive
@@ -40,6 +40,12 @@ def _bench(args) -> None:
     main(args.bench_args)
 
 
+def _bench_mixers(args) -> None:
+    from ..mixers.benchmark import main_mixers
+
+    main_mixers(args.bench_args, prog="aconv bench-mixers")
+
+
 def register(sub) -> None:
     p = sub.add_parser("convert", help="ΔConv conversion of a model: per-layer parameters/FLOPs, optional fresh adapter")
     p.add_argument("model", type=known_model, help="registry name (sd15, sdxl, pixart-sigma-1024, mini-sd, ...)")
@@ -54,3 +60,8 @@ def register(sub) -> None:
                        "arguments go to aconvlib.mixers.benchmark (e.g. -- --device cpu --sizes 512)")
     b.add_argument("bench_args", nargs="*")
     b.set_defaults(func=_bench)
+    bm = sub.add_parser("bench-mixers", help="latency of every token mixer of the paper's Table 2 (SDPA, NA, window, "
+                        "LinFusion, ΔConv K=13/25 torch/Triton), ratios to SDPA in the same run; arguments go to "
+                        "aconvlib.mixers.benchmark.main_mixers (e.g. -- --device cpu --sizes 256 512)")
+    bm.add_argument("bench_args", nargs="*")
+    bm.set_defaults(func=_bench_mixers)

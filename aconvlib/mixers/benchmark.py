@@ -15,6 +15,18 @@ Writes ``bench_<device>.json`` and ``bench_<device>.md`` to ``--out``. With ``--
 also records the Triton-vs-torch difference of the block's output and input gradient at each shape.
 Paper (RTX 4090, fp16, per module): 1024 px self-attention 5.91 ms vs ΔConv+Triton 1.71 ms (K = 13);
 4K 1077.98 ms vs 26.32 ms.
+
+**Every token mixer of the paper's Table 2** (:func:`bench_mixers`, ``aconv bench-mixers``,
+``benchmarks/bench_mixers.py``): on the same module shapes, in one run, SDPA self-attention, neighborhood
+attention (NA, K = 13: NATTEN's ``na2d`` on CUDA when installed, else the dense masked reference of
+:mod:`~aconvlib.mixers.neighborhood`), DiTFastAttn-style window attention (:mod:`~aconvlib.mixers.window_attention`,
+1-D band of ``window`` keys, default K_NA² = 169 keys per query like NA; implemented as *dense* SDPA with a
+boolean mask, so its time is that of masked dense attention, not of a sliding-window kernel), LinFusion-style
+linear attention (:mod:`~aconvlib.mixers.linear_attention`, hidden ratio 1) and the ΔConvBlock at K = 13 and
+25, plain PyTorch and Triton. Forward and forward+backward; each row holds every method's ms and its ratio
+``SDPA ms / method ms`` (> 1: faster than self-attention) from the same run. Sizes are "H×W" frames (default
+on CUDA: the paper's 512², 1024², 1440×2560, 2160×3840; on CPU: 256² and 512²). Writes
+``bench_mixers_<device>.json`` / ``.md`` with the machine, versions, load average and command line.
 """
 from __future__ import annotations
 
@@ -22,12 +34,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from ..models import paper_table
 from . import kernels
 from .deltaconv import DeltaConvBlock
 
@@ -260,6 +274,330 @@ def to_markdown(result) -> str:
     lines += ["", "Paper (RTX 4090, fp16, PixArt-Σ, per module): 512 px 0.78 vs 0.71 ms, 1024 px 5.91 vs 1.71 ms, "
               "2K 67.49 vs 6.69 ms, 4K 1077.98 vs 26.32 ms (self-attention vs ΔConv+Triton, K = 13)."]
     return "\n".join(lines) + "\n"
+
+
+
+# ----------------------------------------------------------------------------------------------
+# every token mixer of the paper's Table 2, in one run
+# ----------------------------------------------------------------------------------------------
+MIXER_IMPLS = ("sdpa", "na", "window", "linear", "deltaconv-torch", "deltaconv-triton")
+MIXER_TITLES = {"sdpa": "Self-attention (SDPA)", "na": "Neighborhood attention", "window": "Window attention (DiTFastAttn-style)",
+                "linear": "LinFusion (linear attention)", "deltaconv-torch": "ΔConv", "deltaconv-triton": "ΔConv* (Triton)"}
+# the paper's Table 2 rows, by our method keys
+PAPER_TABLE2_KEYS = {"sdpa": "self_attention", "window": "ditfastattn", "linear": "linfusion",
+                     "deltaconv_k13_torch": "deltaconv_k13_torch", "deltaconv_k13_triton": "deltaconv_k13_triton",
+                     "deltaconv_k25_torch": "deltaconv_k25_torch", "deltaconv_k25_triton": "deltaconv_k25_triton"}
+
+
+def parse_size(size) -> tuple[int, int]:
+    """``512`` or ``"512"`` -> (512, 512); ``"1440x2560"`` -> (1440, 2560) (H×W px)."""
+    if isinstance(size, (tuple, list)):
+        h, w = size
+    else:
+        text = str(size).lower().replace("×", "x")
+        h, _, w = text.partition("x")
+        w = w or h
+    h, w = int(h), int(w)
+    if h < 1 or w < 1:
+        raise ValueError(f"sizes must be positive, got {size!r}")
+    return h, w
+
+
+def mixer_keys(impls, kernels_k, na_kernel: int, window: int) -> list[tuple[str, str, int | None]]:
+    """``(column key, impl, K or window)`` of every method the run times, in table order."""
+    keys = []
+    for impl in impls:
+        if impl == "sdpa" or impl == "linear":
+            keys.append((impl, impl, None))
+        elif impl == "na":
+            keys.append((f"na_k{na_kernel}", impl, na_kernel))
+        elif impl == "window":
+            keys.append((f"window_w{window}", impl, window))
+        else:
+            backend = impl.split("-")[1]
+            keys += [(f"deltaconv_k{k}_{backend}", impl, k) for k in kernels_k]
+    return keys
+
+
+def build_mixers(spec: dict, grid: tuple[int, int], impls, kernels_k, na_kernel: int, window: int, dtype, device,
+                 na_backend: str) -> dict[str, tuple[object, object]]:
+    """``{key: (module, call)}`` for one shape: ``call(module, x)`` runs the mixer on tokens ``x``.
+
+    The attention-based mixers share one set of q/k/v/out weights (a random diffusers ``Attention``)."""
+    from .linear_attention import GeneralizedLinearAttention
+    from .neighborhood import NeighborhoodAttnProcessor
+    from .window_attention import WindowAttention
+
+    attn = make_attention(spec, dtype, device)
+    out = {}
+    for key, impl, k in mixer_keys(impls, kernels_k, na_kernel, window):
+        if impl == "sdpa":
+            out[key] = (attn, lambda m, x: m(x))
+        elif impl == "na":
+            na = make_attention(spec, dtype, device)
+            na.load_state_dict(attn.state_dict())
+            na.set_processor(NeighborhoodAttnProcessor(k, na_backend, grid=grid))
+            out[key] = (na, lambda m, x: m(x))
+        elif impl == "window":
+            out[key] = (WindowAttention.from_attention(attn, k, "1d"), lambda m, x: m(x, grid=grid))
+        elif impl == "linear":
+            out[key] = (GeneralizedLinearAttention.from_attention(attn).to(device=device, dtype=dtype),
+                        lambda m, x: m(x, grid=grid))
+        else:
+            block = DeltaConvBlock(spec["channels"], k).to(device=device, dtype=dtype)
+            block.backend = impl.split("-")[1]
+            out[key] = (block, lambda m, x: m(x, grid))
+    return out
+
+
+def _time_mixer(module, call, x, mode, device):
+    if mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                call(module, x)
+    else:
+        xg = x.detach().requires_grad_(True)
+        gy = torch.randn_like(x)
+
+        def fn():
+            xg.grad = None
+            module.zero_grad(set_to_none=True)
+            call(module, xg).backward(gy)
+    return time_call(fn, device)
+
+
+def bench_mixers(models=("pixart-sigma", "sd15-top"), sizes=None, modes=("fwd", "fwdbwd"), impls=MIXER_IMPLS,
+                 kernels_k=(13, 25), na_kernel: int = 13, window: int | None = None, batch: int = 2, device=None,
+                 dtype=None, out=None, tag=None, command: str | None = None, cpu_flop_limit: float = CPU_FLOP_LIMIT,
+                 quiet: bool = False) -> dict:
+    """Time every token mixer of the paper's Table 2 on each model shape and size (module docstring).
+
+    Returns ``{"meta", "rows", "notes"}`` (one row per model, size and mode: ``<key>_ms``, ``<key>_peak_mib``,
+    ``<key>_vs_sdpa`` = SDPA ms / that ms); with ``out`` also writes ``bench_mixers_<tag>.json`` / ``.md``
+    after every row (partial results survive a crash).
+    """
+    from .neighborhood import natten_available
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype or ("float16" if device.type == "cuda" else "float32"))
+    window = na_kernel ** 2 if window is None else int(window)
+    if sizes is None:
+        sizes = [tuple(s) for s in paper_table("table2_latency_ms")["sizes"]] if device.type == "cuda" else [(256, 256), (512, 512)]
+    sizes = [parse_size(s) for s in sizes]
+    bad = [i for i in impls if i not in MIXER_IMPLS]
+    if bad:
+        raise ValueError(f"unknown mixer implementations {bad}; choose from {MIXER_IMPLS}")
+    na_backend = "natten" if device.type == "cuda" and natten_available() else "torch"
+    meta = _machine_meta(device, dtype, batch)
+    meta.update(command=command, na_kernel=na_kernel, na_backend=na_backend, window=window, window_mode="1d",
+                kernels=list(kernels_k), linear_hidden_ratio=1.0)
+    if not quiet:
+        print(f"# bench_mixers on {meta['device']}, {meta['dtype']}, batch {batch}", flush=True)
+    rows, notes = [], []
+
+    def note(text):
+        if text not in notes:
+            notes.append(text)
+
+    result = {"meta": meta, "rows": rows, "notes": notes}
+    torch.manual_seed(0)
+    for model in models:
+        spec = MODELS[model]
+        c, f = spec["channels"], spec["px_per_token"]
+        for (hpx, wpx) in sizes:
+            grid = (hpx // f, wpx // f)
+            n = grid[0] * grid[1]
+            if min(grid) < 1:
+                continue
+            attn_cost = 4 * batch * n * n * c
+            mixers = build_mixers(spec, grid, impls, kernels_k, na_kernel, window, dtype, device, na_backend)
+            x = torch.randn(batch, n, c, device=device, dtype=dtype)
+            for mode in modes:
+                row = {"model": model, "size": f"{hpx}x{wpx}", "px": max(hpx, wpx), "grid": f"{grid[0]}x{grid[1]}",
+                       "tokens": n, "channels": c, "mode": mode}
+                for key, (module, call) in mixers.items():
+                    impl = key if key in ("sdpa", "linear") else ("na" if key.startswith("na_") else
+                                                                 "window" if key.startswith("window_") else key)
+                    dense = key == "sdpa" or key.startswith(("na_", "window_"))
+                    if key.endswith("_triton") and device.type != "cuda" and not kernels.interpreter_mode():
+                        row[f"{key}_ms"] = None
+                        note("ΔConv Triton: skipped on CPU (the kernels need CUDA)")
+                        continue
+                    if dense and device.type == "cpu" and attn_cost * (3 if mode == "fwdbwd" else 1) > cpu_flop_limit:
+                        row[f"{key}_ms"] = None
+                        note(f"{key} {model} {hpx}x{wpx} {mode}: skipped on CPU (≈{attn_cost / 1e9:.0f} GFLOPs per call "
+                             "in the N² terms alone)")
+                        continue
+                    if key.startswith("na_") and na_backend == "natten" and mode == "fwdbwd" and device.type != "cuda":
+                        row[f"{key}_ms"] = None
+                        continue
+                    try:
+                        ms, mem = _time_mixer(module, call, x, mode, device)
+                    except torch.OutOfMemoryError:
+                        torch.cuda.empty_cache()
+                        ms, mem = None, None
+                        note(f"{key} {model} {hpx}x{wpx} {mode}: out of memory")
+                    row[f"{key}_ms"], row[f"{key}_peak_mib"] = ms, mem
+                base = row.get("sdpa_ms")
+                for key in mixers:
+                    if key != "sdpa" and base and row.get(f"{key}_ms"):
+                        row[f"{key}_vs_sdpa"] = base / row[f"{key}_ms"]
+                rows.append(row)
+                if out is not None:
+                    save_mixers(result, out, tag or device.type)
+                if not quiet:
+                    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                   if not k.endswith("peak_mib")), flush=True)
+            del x, mixers
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if na_backend == "torch":
+        note(f"NA: dense masked reference (SDPA with a K×K-window mask, O(N²)); "
+             f"{'NATTEN is not installed' if not natten_available() else 'NATTEN runs forward-only on CPU'}")
+    note(f"Window attention: dense SDPA with a 1-D band mask of {window} keys (its time does not depend on the window; "
+         "DiTFastAttn uses a sliding-window FlashAttention kernel)")
+    if out is not None:
+        save_mixers(result, out, tag or device.type)
+    return result
+
+
+def _machine_meta(device, dtype, batch) -> dict:
+    if device.type == "cuda":
+        dev_name = torch.cuda.get_device_name(device)
+    else:
+        dev_name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    import diffusers
+
+    meta = {"device": dev_name, "device_type": device.type, "dtype": str(dtype).replace("torch.", ""), "batch": batch,
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = None
+    try:
+        import natten
+
+        meta["natten"] = getattr(natten, "__version__", "installed")
+    except ImportError:
+        meta["natten"] = None
+    return meta
+
+
+def save_mixers(result: dict, out, tag: str) -> Path:
+    """Write ``bench_mixers_<tag>.json`` and ``.md`` under ``out``; return the JSON path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_mixers_{tag}.json").write_text(json.dumps(result, indent=1))
+    (out / f"bench_mixers_{tag}.md").write_text(mixers_markdown(result))
+    return out / f"bench_mixers_{tag}.json"
+
+
+def _method_label(key: str) -> str:
+    if key == "sdpa":
+        return MIXER_TITLES["sdpa"]
+    if key == "linear":
+        return MIXER_TITLES["linear"]
+    if key.startswith("na_k"):
+        return f"NA K={key[4:]}"
+    if key.startswith("window_w"):
+        return f"Window attention, {key[8:]} keys (1-D, dense mask)"
+    k, backend = key[len("deltaconv_k"):].split("_")
+    return f"ΔConv{'*' if backend == 'triton' else ''} K={k}"
+
+
+def mixer_frame(result: dict, mode: str = "fwd", model: str | None = None, ratios: bool = False):
+    """The stored result as a Table-2-like pandas frame: one row per method, one column per size (ms, or the
+    ratio SDPA ms / method ms with ``ratios``) for one ``mode`` and ``model`` (default: the first one)."""
+    import pandas as pd
+
+    rows = [r for r in result["rows"] if r["mode"] == mode and (model is None or r["model"] == model)]
+    if not rows:
+        return pd.DataFrame()
+    model = rows[0]["model"]
+    rows = [r for r in rows if r["model"] == model]
+    keys = [k[:-3] for k in rows[0] if k.endswith("_ms")]
+    data = {}
+    for r in rows:
+        col = f"{r['size'].replace('x', '×')}"
+        data[col] = {_method_label(k): (r.get(f"{k}_vs_sdpa") if k != "sdpa" else 1.0) if ratios else r.get(f"{k}_ms")
+                     for k in keys}
+    frame = pd.DataFrame(data)
+    frame.index.name = f"{model} {mode} ({'SDPA ms / method ms' if ratios else 'ms'})"
+    return frame
+
+
+def mixers_markdown(result: dict) -> str:
+    """Markdown: the machine and command, then per model and mode a table of ms (× = SDPA ms / method ms)."""
+    m = result["meta"]
+    load = f", 1-min load average {m['load_avg_1min']:.1f}" if m.get("load_avg_1min") is not None else ""
+    lines = [f"Token-mixer latency per module call, batch {m['batch']}, {m['dtype']}, on {m['device']} "
+             f"(torch {m['torch']}, triton {m.get('triton')}, natten {m.get('natten')}, diffusers {m['diffusers']}, "
+             f"{m['date']}{load}).", ""]
+    if m.get("command"):
+        lines += [f"Command: `{m['command']}`", ""]
+    lines += [f"NA K = {m.get('na_kernel')} ({m.get('na_backend')}); window attention {m.get('window')} keys "
+              f"({m.get('window_mode')}); ΔConv K = {', '.join(map(str, m.get('kernels', [])))}. "
+              "Each cell: ms (SDPA ms / method ms, > 1 = faster than self-attention).", ""]
+    models = list(dict.fromkeys(r["model"] for r in result["rows"]))
+    for model in models:
+        for mode in ("fwd", "fwdbwd"):
+            rows = [r for r in result["rows"] if r["model"] == model and r["mode"] == mode]
+            if not rows:
+                continue
+            keys = [k[:-3] for k in rows[0] if k.endswith("_ms")]
+            spec = MODELS[model]
+            lines += [f"### {model} (C = {spec['channels']}, {spec['px_per_token']} px per token), "
+                      f"{'forward' if mode == 'fwd' else 'forward + backward'}", "",
+                      "| method | " + " | ".join(f"{r['size'].replace('x', '×')} ({r['grid'].replace('x', '×')})"
+                                                for r in rows) + " |",
+                      "|---|" + "---|" * len(rows)]
+            for k in keys:
+                cells = []
+                for r in rows:
+                    ms = r.get(f"{k}_ms")
+                    ratio = r.get(f"{k}_vs_sdpa")
+                    cells.append("–" if ms is None else (f"{ms:.2f}" + (f" ({ratio:.2f}×)" if ratio else "")))
+                lines.append(f"| {_method_label(k)} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if result.get("notes"):
+        lines += [f"- {n}" for n in result["notes"]] + [""]
+    t2 = paper_table("table2_latency_ms")
+    lines += ["Paper, Table 2 (one RTX 4090, fp16, per token-mixer call; sizes "
+              + ", ".join(f"{h}×{w}" for h, w in t2["sizes"]) + "):", "",
+              "| method | " + " | ".join(str(r) for r in t2["resolutions"]) + " |", "|---|" + "---|" * len(t2["resolutions"])]
+    for ours, key in PAPER_TABLE2_KEYS.items():
+        lines.append(f"| {_method_label(ours) if ours != 'window' else 'DiTFastAttn'} | "
+                     + " | ".join(f"{v:.2f}" for v in t2[key]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main_mixers(argv=None, prog: str = "python benchmarks/bench_mixers.py"):
+    """``aconv bench-mixers`` / ``python benchmarks/bench_mixers.py``: see :func:`bench_mixers`."""
+    ap = argparse.ArgumentParser(description="latency of every token mixer of the paper's Table 2 (one run, ratios to SDPA)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="default: float16 on CUDA, float32 on CPU")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--sizes", nargs="+", default=None,
+                    help="px or HxW frames; default: the paper's 512² 1024² 1440x2560 2160x3840 (CPU: 256 512)")
+    ap.add_argument("--models", nargs="+", default=["pixart-sigma", "sd15-top"], choices=list(MODELS))
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    ap.add_argument("--impls", nargs="+", default=list(MIXER_IMPLS), choices=list(MIXER_IMPLS))
+    ap.add_argument("--kernels", type=int, nargs="+", default=[13, 25], help="ΔConv K (default 13 25)")
+    ap.add_argument("--na-kernel", type=int, default=13)
+    ap.add_argument("--window", type=int, default=None, help="window attention keys per query (default na_kernel²)")
+    ap.add_argument("--out", default=str(Path("benchmarks") / "results"))
+    ap.add_argument("--tag", default=None, help="file name suffix (default: the device type)")
+    args = ap.parse_args(argv)
+    cmd = f"{prog} " + " ".join(sys.argv[1:] if argv is None else list(argv))
+    result = bench_mixers(args.models, args.sizes, args.modes, args.impls, args.kernels, args.na_kernel, args.window,
+                          args.batch, args.device, args.dtype, args.out, args.tag, command=cmd.strip())
+    print(mixers_markdown(result))
+    print(f"wrote {Path(args.out) / f'bench_mixers_{args.tag or torch.device(args.device).type}.json'} and .md")
+    return result
 
 
 if __name__ == "__main__":

@@ -56,17 +56,19 @@ class NeighborhoodAttnProcessor:
     """A diffusers attention processor computing NA over the layer's token grid (set per call)."""
 
     def __init__(self, kernel_size: int, backend: str = "natten", tracker: LatentTracker | None = None,
-                 level: int = 0):
+                 level: int = 0, grid: tuple[int, int] | None = None):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"neighborhood attention needs an odd kernel size >= 1, got {kernel_size}")
         self.kernel_size = kernel_size
         self.backend = backend
         self.tracker, self.level = tracker, level
+        self.fixed_grid = None if grid is None else (int(grid[0]), int(grid[1]))
 
     @property
     def grid(self) -> tuple[int, int] | None:
-        """The layer's token grid for the denoiser's current call."""
-        return None if self.tracker is None else self.tracker.grid(self.level)
+        """The layer's token grid for the denoiser's current call (or the fixed ``grid`` given, for a module
+        called on its own, e.g. in the module benchmark)."""
+        return self.fixed_grid if self.tracker is None else self.tracker.grid(self.level)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):

@@ -222,12 +222,20 @@ def _resolve(name: str) -> ModelSpec:
     except UnknownModelError:
         if not _is_hub_id_or_path(name):
             raise
+    for spec in _REGISTRY.values():   # a registered model's hub id: the registered spec (e.g. its companion repo)
+        if spec.hub_id and spec.hub_id.lower() == str(name).lower() and not os.path.isdir(name):
+            return spec
     # Unregistered hub id or local folder: its family is its pipeline's (model_index.json) or its denoiser folder's.
     return ModelSpec(name=name, family=_guess_family(name), hub_id=name, default_px=512, latent_factor=8,
                      patch_size=1)
 
 
 def _guess_family(repo: str) -> str:
+    if not os.path.isdir(repo):   # a hub id: look at its cached snapshot, if any (else from_pretrained decides)
+        snap = _cached_snapshot(repo)
+        if snap is None:
+            return "unet"
+        repo = str(snap)
     if os.path.isdir(repo):
         index = Path(repo) / "model_index.json"
         if index.is_file():
@@ -250,8 +258,34 @@ def _pipeline_class_name(spec: ModelSpec, repo: str, hub: dict) -> str:
     from huggingface_hub import hf_hub_download
 
     keep = {k: hub[k] for k in ("revision", "local_files_only", "cache_dir", "token") if k in hub}
-    path = _load(lambda: hf_hub_download(repo, "model_index.json", **keep), repo, spec.family, hub.get("revision"))
+    try:
+        path = _load(lambda: hf_hub_download(repo, "model_index.json", **keep), repo, spec.family,
+                     hub.get("revision"))
+    except MissingWeightsError as err:
+        if "revision" not in hub and not _not_in_cache(repo) and _cached_file(repo, spec.denoiser_subfolder):
+            raise UnsupportedPipelineError(
+                f"{repo} holds a denoiser only ({spec.denoiser_subfolder}/, no model_index.json): load it with "
+                f"load_denoiser({repo!r}), or register it with ModelSpec(components_from=<pipeline repo>) as "
+                f"pixart-sigma-512 is") from err
+        raise
     return json.loads(Path(path).read_text()).get("_class_name", "?")
+
+
+def _cached_snapshot(repo: str) -> Optional[Path]:
+    """The newest cached snapshot folder of hub id ``repo`` (None if not cached)."""
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        revs = [rev for r in scan_cache_dir().repos if r.repo_id == repo for rev in r.revisions]
+    except Exception:  # no cache folder at all
+        return None
+    return max(revs, key=lambda r: r.last_modified).snapshot_path if revs else None
+
+
+def _cached_file(repo: str, folder: str) -> bool:
+    """Whether the cached snapshot of ``repo`` has a ``folder/`` (its denoiser)."""
+    snap = _cached_snapshot(repo)
+    return snap is not None and (snap / folder).is_dir()
 
 
 def _check_pipeline_class(spec: ModelSpec, repo: str, hub: dict) -> None:

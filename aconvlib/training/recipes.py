@@ -205,6 +205,33 @@ def validate_data(model: str, data: DataConfig, progress: bool = True) -> dict:
 # The one call
 # --------------------------------------------------------------------------------------------------
 
+def _validate_on_main(state, model: str, data: DataConfig, progress: bool) -> dict:
+    """:func:`validate_data` on the main process only (it decodes every image), shared with the others; an error
+    there is raised on every process."""
+    if state.num_processes == 1:
+        return validate_data(model, data, progress)
+    import torch.distributed as dist
+
+    payload: list = [None]
+    if state.is_main_process:
+        try:
+            checked = validate_data(model, data, progress)
+            src = checked.get("source")
+            payload = [{"checked": {k: v for k, v in checked.items() if k != "source"},
+                        "captions": [r.caption for r in src.records if r.caption] if src is not None else None}]
+        except Exception as e:  # noqa: BLE001 - re-raised on every process below
+            payload = [{"error": e}]
+    dist.broadcast_object_list(payload, src=0)
+    if "error" in payload[0]:
+        raise payload[0]["error"]
+    checked = payload[0]["checked"]
+    if payload[0]["captions"] is not None:
+        checked["captions"] = payload[0]["captions"]
+    if state.is_main_process:
+        checked = {**checked, "source": src}
+    return checked
+
+
 def _text_encoders_off(pipe) -> None:
     for name in ("text_encoder", "text_encoder_2"):
         m = getattr(pipe, name, None)
@@ -228,7 +255,7 @@ def distill_model(model: str, out: str | os.PathLike, *, cfg: DistillConfig | No
 
         state = PartialState(cpu=device is not None and torch.device(device).type == "cpu")
     main = state.is_main_process
-    checked = validate_data(model, data, progress=not quiet and main)
+    checked = _validate_on_main(state, model, data, progress=not quiet and main)
     identity = {"model": str(model), **checked["identity"]}
     ckpt_path = out / "ckpt.pt"
     if resume and ckpt_path.exists():
@@ -256,13 +283,13 @@ def distill_model(model: str, out: str | os.PathLike, *, cfg: DistillConfig | No
     else:
         table = checked.get("table") or parse_buckets(data.buckets, model, encoder.factors, data.px or encoder.native_px)
         cache = build_image_cache(encoder, data.data, cache_dir, model=model, buckets=table,
-                                  encode_batch=data.encode_batch, dtype=data.cache_dtype, source=checked["source"],
+                                  encode_batch=data.encode_batch, dtype=data.cache_dtype, source=checked.get("source"),
                                   **dist)
-        captions = [r.caption for r in checked["source"].records if r.caption]
+        captions = checked.get("captions") or [r.caption for r in checked["source"].records if r.caption]
         px = data.px or encoder.native_px
 
     preview = None
-    if run.sample_every:
+    if run.sample_every and main:
         prompts = (checked.get("sample_prompts") or captions or ["a photograph"])[:run.num_samples]
         preview = PreviewSampler(pipe, encoder, prompts, px=run.sample_px or px, steps=run.sample_steps, seed=cfg.seed)
     _text_encoders_off(pipe)

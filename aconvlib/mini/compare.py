@@ -1,0 +1,255 @@
+"""The paper's comparison (Tables 2–3, Figs. 6 and 9) on the embedded models: every token mixer, one evaluator.
+
+Variants of one embedded model (:func:`comparison_variants`), all scored by the attribute classifier
+(:func:`~aconvlib.mini.evaluate.evaluate_model`: prompt adherence and the FDD analogue) on the same held-out
+prompts and the same initial noise:
+
+- ``teacher``: the model's own self-attention;
+- ``deltaconv`` (shipped): the ΔConv student distilled on an H100 (``data/models/<model>-deltaconv``);
+- ``deltaconv`` / ``linear`` at the **CPU budget**: ΔConv and LinFusion-style students distilled from scratch with
+  the same steps, batch, seed, data and hyper-parameters (``data/models/<model>-<mixer>-cpu``,
+  ``scripts/distill_cpu_comparison.sh``); LinFusion starts from the teacher's q/k/v/out, ΔConv from fresh blocks,
+  as in the methods themselves;
+- ``window``: DiTFastAttn-style window attention on the teacher's own weights (training-free, 1-D band);
+- ``na``: neighborhood attention K×K on the teacher's own weights (training-free, paper Fig. 6).
+
+:func:`na_sweep` scores NA for a range of K (Fig. 6 extended) and :func:`smallest_kernel_keeping` reads off the
+smallest K whose adherence stays within a tolerance of the teacher's. :func:`mini_receptive_fields` measures the
+gradient ERF of every token mixer (:mod:`aconvlib.analysis.receptive_field`) on noised held-out images (Fig. 9).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from ..analysis.locality import erf
+from ..analysis.receptive_field import ReceptiveField, receptive_fields
+from ..mixers.convert import load_mixer, restore_attention, to_mixer
+from ..mixers.neighborhood import clip_kernel, neighborhood_attention
+from ..models import get_denoiser, load_pipeline, models_dir, self_attention_layers
+from . import dataset
+from .distill import adapter_dir
+from .evaluate import evaluate_model
+from .models import to_latent
+
+__all__ = ["Variant", "comparison_variants", "evaluate_variants", "mini_receptive_fields", "na_sweep", "per_model",
+           "smallest_kernel_keeping", "student_dir", "student_info", "variant_pipeline"]
+
+QUALITY_COLUMNS = ("n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd")
+
+
+def student_dir(model: str, mixer: str, budget: str = "cpu") -> Path:
+    """Where a comparison student ships: ``models/<model>-<mixer>-<budget>`` (package data); the shipped
+    (GPU-budget) ΔConv student is :func:`~aconvlib.mini.distill.adapter_dir`."""
+    return models_dir() / f"{model}-{mixer}-{budget}"
+
+
+def student_info(folder: Path) -> dict:
+    """Budget of a distilled student folder: steps, batch, samples seen, wall time and machine (from its
+    ``config.json`` and ``distill_log.jsonl``)."""
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg = cfg.get("distill", cfg)
+    info = {"steps": cfg.get("steps"), "batch": cfg.get("batch"), "lr": cfg.get("lr"), "seed": cfg.get("seed"),
+            "feature_weight": cfg.get("feature_weight"), "init_adapter": cfg.get("init_adapter")}
+    if info["steps"] and info["batch"]:
+        info["samples"] = info["steps"] * info["batch"]
+    log = folder / "distill_log.jsonl"
+    if log.exists():
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        summaries = [x["summary"] for x in lines if "summary" in x]
+        steps = [x for x in lines if "loss" in x]
+        if summaries:
+            info["minutes"] = sum(s.get("seconds", 0.0) for s in summaries) / 60
+        if steps:
+            info["final_loss"] = steps[-1]["loss"]
+    meta = folder / "run.json"
+    if meta.exists():
+        info.update(json.loads(meta.read_text()))
+    return info
+
+
+@dataclass
+class Variant:
+    """One row of the comparison: how its pipeline is made and what it cost."""
+
+    label: str            # e.g. "LinFusion (CPU budget)"
+    method: str           # "self-attention" | "deltaconv" | "linear" | "window" | "na"
+    training: str         # "teacher" | "distilled: …" | "training-free"
+    setting: str = ""     # "K=9", "169 keys", …
+    folder: Optional[Path] = None
+    options: dict = field(default_factory=dict)
+
+
+def per_model(value, model: str):
+    """``value[model]`` for a dict (per-model settings), else ``value``."""
+    if isinstance(value, dict):
+        if model not in value:
+            raise KeyError(f"no setting for {model!r} in {value!r}")
+        return value[model]
+    return value
+
+
+def comparison_variants(model: str, na_kernel=7, window=49, cpu_budget: bool = True,
+                        shipped: bool = True) -> tuple[list[Variant], list[str]]:
+    """The variants of :mod:`this module's docstring <aconvlib.mini.compare>` for ``model`` and the notes
+    naming what is missing (a student folder that does not exist is left out and named). ``na_kernel`` and
+    ``window`` are an int or a dict ``{model: value}``."""
+    na_kernel, window = int(per_model(na_kernel, model)), int(per_model(window, model))
+    out = [Variant("self-attention (teacher)", "self-attention", "teacher")]
+    notes = []
+    if shipped:
+        d = adapter_dir(model)
+        if (d / "adapter" / "config.json").exists():
+            i = student_info(d)
+            out.append(Variant("ΔConv (shipped, H100 budget)", "deltaconv", "distilled on an H100 (see chapter 7)",
+                               "K=" + str(_kernel_of(d)), d))
+        else:
+            notes.append(f"{model}: no shipped ΔConv student in {d}")
+    if cpu_budget:
+        for mixer, title in (("deltaconv", "ΔConv"), ("linear", "LinFusion")):
+            d = student_dir(model, mixer)
+            if not (d / "adapter" / "config.json").exists():
+                notes.append(f"{model}: no CPU-budget {title} student in {d} (scripts/distill_cpu_comparison.sh)")
+                continue
+            i = student_info(d)
+            budget = f"{i.get('steps')} steps × batch {i.get('batch')}"
+            out.append(Variant(f"{title} (CPU budget)", mixer, f"distilled from scratch on the CPU, {budget}",
+                               "K=" + str(_kernel_of(d)) if mixer == "deltaconv" else "hidden ratio 1", d))
+    out.append(Variant(f"window attention ({window} keys)", "window", "training-free", f"1-D band, {window} keys",
+                       options={"window": window, "mode": "1d"}))
+    out.append(Variant(f"NA K={na_kernel}", "na", "training-free", f"K={na_kernel}", options={"kernel_size": na_kernel}))
+    return out, notes
+
+
+def _kernel_of(folder: Path) -> str:
+    cfg = json.loads((Path(folder) / "adapter" / "config.json").read_text())
+    ks = sorted({layer["kernel_size"] for layer in cfg.get("layers", []) if "kernel_size" in layer})
+    return "/".join(map(str, ks)) or "?"
+
+
+@contextlib.contextmanager
+def variant_pipeline(model: str, variant: Variant, device="cpu", teacher=None) -> Iterator:
+    """The pipeline of ``variant`` (the teacher converted in place for training-free variants, restored on exit;
+    a fresh pipeline with the student's adapter for distilled ones)."""
+    teacher = teacher if teacher is not None else load_pipeline(model, device=device)
+    if variant.method == "self-attention":
+        yield teacher
+    elif variant.method == "na":
+        with neighborhood_attention(teacher, variant.options["kernel_size"]):
+            yield teacher
+    elif variant.method == "window":
+        to_mixer(teacher, "window", **variant.options)
+        try:
+            yield teacher
+        finally:
+            restore_attention(teacher)
+    else:
+        yield load_mixer(load_pipeline(model, device=device), str(Path(variant.folder) / "adapter"), kind=variant.method)
+
+
+def evaluate_variants(models: Sequence[str], prompts, *, steps: int = 20, guidance_scale: float = 4.5, seed: int = 0,
+                      na_kernel=7, window=49, device="cpu", n_real: int = 500, cpu_budget: bool = True,
+                      shipped: bool = True, return_images: bool = False):
+    """Table 3 on the embedded models: every variant of every model on the same prompts and noise.
+
+    ``na_kernel`` / ``window``: an int or ``{model: value}``. Returns ``(frame, notes, images)``: one row per model and variant (``model``, ``method``, ``variant``,
+    ``training``, ``setting`` and the evaluator's columns), the notes of :func:`comparison_variants`, and
+    ``{(model, label): images}`` when ``return_images``.
+    """
+    import pandas as pd
+
+    rows, notes, images = [], [], {}
+    for m in models:
+        variants, missing = comparison_variants(m, na_kernel, window, cpu_budget, shipped)
+        notes += missing
+        teacher = load_pipeline(m, device=device)
+        for v in variants:
+            with variant_pipeline(m, v, device, teacher) as pipe:
+                r = evaluate_model(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed,
+                                   n_real=n_real, return_images=return_images)
+            if return_images:
+                images[(m, v.label)] = r.pop("images")
+            rows.append({"model": m, "variant": v.label, "method": v.method, "training": v.training,
+                         "setting": v.setting, **{k: r[k] for k in QUALITY_COLUMNS}})
+    return pd.DataFrame(rows), notes, images
+
+
+def na_sweep(model: str, kernels: Sequence[int], prompts, *, steps: int = 20, guidance_scale: float = 4.5,
+             seed: int = 0, device="cpu", n_real: int = 500, teacher=None, known: Optional[dict] = None):
+    """Prompt adherence and FDD analogue of ``model`` with every ``attn1`` as K×K neighborhood attention, per K
+    (training-free, paper Fig. 6), plus the teacher (``K = None``, full attention). One row per K: ``model``,
+    ``K``, ``grid`` (the finest layer's token grid), ``K/grid``, ``K_per_level`` (K after clipping to each
+    level's grid) and the evaluator's columns. ``known``: ``{K or None: evaluator result}`` already measured on
+    the same prompts, noise and settings (e.g. the teacher and NA rows of :func:`evaluate_variants`), not recomputed."""
+    import pandas as pd
+
+    pipe = teacher if teacher is not None else load_pipeline(model, device=device)
+    layers = self_attention_layers(get_denoiser(pipe))
+    grids = sorted({lay.grid for lay in layers}, reverse=True)
+    kw = dict(num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed, n_real=n_real)
+    known = dict(known or {})
+    full = known[None] if None in known else evaluate_model(pipe, prompts, **kw)
+    rows = [{"model": model, "K": None, "grid": grids[0][0], "K/grid": float("nan"), "K_per_level": "full",
+             **{k: v for k, v in full.items() if k in QUALITY_COLUMNS}}]
+    for k in kernels:
+        if int(k) in known:
+            r = known[int(k)]
+        else:
+            with neighborhood_attention(pipe, int(k)):
+                r = evaluate_model(pipe, prompts, **kw)
+        rows.append({"model": model, "K": int(k), "grid": grids[0][0], "K/grid": int(k) / grids[0][0],
+                     "K_per_level": "/".join(str(clip_kernel(int(k), g)) for g in grids),
+                     **{c: r[c] for c in QUALITY_COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def smallest_kernel_keeping(sweep, tolerance: float = 0.05, column: str = "prompt_adherence") -> Optional[int]:
+    """The smallest K of a :func:`na_sweep` frame (one model) from which on every larger K keeps ``column``
+    within ``tolerance`` of the teacher's (the ``K = None`` row); None if no K does."""
+    teacher = float(sweep.loc[sweep["K"].isna(), column].iloc[0])
+    ks = sweep.dropna(subset=["K"]).sort_values("K")
+    ok = (ks[column] >= teacher - tolerance).tolist()
+    for i, k in enumerate(ks["K"].astype(int).tolist()):
+        if all(ok[i:]):
+            return k
+    return None
+
+
+def mini_receptive_fields(pipe, n: int = 4, px: int = 64, timesteps: Sequence[int] = (700, 300),
+                          positions=3, seed: int = 0, threshold: float = 0.8) -> list[ReceptiveField]:
+    """Gradient ERF of every token mixer of a mini pipeline on ``n`` held-out images noised at each timestep.
+
+    The images (held-out split, rendered at ``px``) are encoded, noised with the scheduler's
+    ``add_noise`` at every timestep in ``timesteps`` (one draw of noise, ``seed``), and each layer's ERF is
+    measured on the tokens it receives (conditional branch, the images' own captions). ASM curves and maps
+    are averaged over timesteps before the ERF is read. Returns one :class:`ReceptiveField` per layer (module order).
+    """
+    den = get_denoiser(pipe)
+    dev = next(den.parameters()).device
+    b = dataset.make_batch(range(n), seed, "heldout", size=px, device=dev)
+    x0 = to_latent(b["pixel_values"])
+    with torch.no_grad():
+        text = pipe.encode_prompt(b["captions"])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+    per_t = []
+    for t in timesteps:
+        tt = torch.full((n,), int(t), dtype=torch.long, device=dev)
+        xt = pipe.scheduler.add_noise(x0, noise, tt)
+        per_t.append(receptive_fields(den, xt, tt, text, positions=positions, threshold=threshold))
+    out = []
+    for layer_rfs in zip(*per_t):
+        first = layer_rfs[0]
+        curve = torch.stack([r.curve for r in layer_rfs]).mean(0)
+        maps = torch.stack([r.maps for r in layer_rfs]).mean(0)
+        out.append(ReceptiveField(name=first.name, grid=first.grid, positions=first.positions,
+                                  erf=float(erf(curve, first.kernel_sizes, threshold)), curve=curve,
+                                  kernel_sizes=first.kernel_sizes, maps=maps, threshold=threshold,
+                                  info={**first.info, "timesteps": list(timesteps), "per_timestep_erf":
+                                        [r.erf for r in layer_rfs]}))
+    return out

@@ -1,0 +1,125 @@
+"""The comparison on the embedded models (aconvlib.mini.compare) and the token-mixer benchmark (bench_mixers)."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from aconvlib.mini import compare as C
+
+
+def sweep_frame(teacher, values):
+    rows = [{"K": None, "prompt_adherence": teacher}] + [{"K": k, "prompt_adherence": v} for k, v in values.items()]
+    return pd.DataFrame(rows)
+
+
+def test_smallest_kernel_keeping():
+    f = sweep_frame(0.9, {3: 0.2, 5: 0.7, 7: 0.88, 9: 0.91, 13: 0.9})
+    assert C.smallest_kernel_keeping(f, 0.05) == 7
+    assert C.smallest_kernel_keeping(f, 0.25) == 5
+    # a dip at a larger K moves the answer past it: every larger K must keep the quality
+    f = sweep_frame(0.9, {3: 0.9, 5: 0.5, 7: 0.9})
+    assert C.smallest_kernel_keeping(f, 0.05) == 7
+    assert C.smallest_kernel_keeping(sweep_frame(0.9, {3: 0.1, 5: 0.2}), 0.05) is None
+
+
+def test_student_info_reads_budget(tmp_path):
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"distill": {"steps": 80, "batch": 8, "lr": 3e-4, "seed": 0}}))
+    (d / "distill_log.jsonl").write_text("\n".join(json.dumps(x) for x in [
+        {"step": 5, "loss": 1.0}, {"step": 80, "loss": 0.5}, {"summary": {"seconds": 600.0}},
+        {"summary": {"seconds": 120.0}}]))
+    i = C.student_info(d)
+    assert i["samples"] == 640 and i["final_loss"] == 0.5 and i["minutes"] == pytest.approx(12.0)
+
+
+def test_variants_name_missing_students(monkeypatch, tmp_path):
+    monkeypatch.setattr(C, "student_dir", lambda model, mixer, budget="cpu": tmp_path / f"{model}-{mixer}-{budget}")
+    variants, notes = C.comparison_variants("mini-sd", na_kernel=5, window=25)
+    methods = [v.method for v in variants]
+    assert methods[0] == "self-attention" and methods[-2:] == ["window", "na"]
+    assert "deltaconv" in methods          # the shipped student
+    assert sum("CPU-budget" in n for n in notes) == 2
+    assert variants[-1].options == {"kernel_size": 5} and variants[-2].options == {"window": 25, "mode": "1d"}
+
+
+@pytest.mark.slow
+def test_training_free_variants_restore_the_teacher_and_evaluate():
+    from aconvlib.models import get_denoiser, load_pipeline
+
+    pipe = load_pipeline("mini-dit")
+    den = get_denoiser(pipe)
+    before = {n: type(m).__name__ for n, m in den.named_modules() if n.endswith("attn1")}
+    procs = {k: type(v).__name__ for k, v in den.attn_processors.items()}
+    variants, _ = C.comparison_variants("mini-dit", na_kernel=3, window=9, cpu_budget=False, shipped=False)
+    frame, notes, images = C.evaluate_variants(["mini-dit"], ["a large red circle at the center"] * 2, steps=2,
+                                               na_kernel=3, window=9, n_real=50, cpu_budget=False, shipped=False,
+                                               return_images=True)
+    assert list(frame["method"]) == ["self-attention", "window", "na"]
+    assert frame["n_prompts"].tolist() == [2, 2, 2]
+    assert set(images) == {("mini-dit", v.label) for v in variants}
+    # training-free variants are undone: the teacher comes back unchanged
+    for v in variants:
+        with C.variant_pipeline("mini-dit", v, teacher=pipe):
+            pass
+    assert {n: type(m).__name__ for n, m in den.named_modules() if n.endswith("attn1")} == before
+    assert {k: type(v).__name__ for k, v in den.attn_processors.items()} == procs
+    sweep = C.na_sweep("mini-dit", [3, 15], ["a large red circle at the center"] * 2, steps=2, n_real=50, teacher=pipe)
+    assert sweep["K"].isna().tolist() == [True, False, False]
+    assert sweep["K_per_level"].tolist()[1:] == ["3", "15"]
+
+
+@pytest.mark.slow
+def test_mini_receptive_fields_teacher_and_student():
+    from aconvlib.mini import adapter_dir
+    from aconvlib.mixers import load_deltaconv
+    from aconvlib.models import load_pipeline
+
+    teacher = load_pipeline("mini-dit")
+    rfs = C.mini_receptive_fields(teacher, n=2, timesteps=(500,), positions=1)
+    assert len(rfs) == 4 or len(rfs) > 0
+    assert all(r.grid == (16, 16) and 1 <= r.erf <= 31 for r in rfs)
+    student = load_deltaconv(load_pipeline("mini-dit"), adapter_dir("mini-dit") / "adapter")
+    srfs = C.mini_receptive_fields(student, n=2, timesteps=(500, 100), positions=1)
+    assert [r.name for r in srfs] == [r.name for r in rfs]
+    assert all(r.info["kind"] == "deltaconv" and len(r.info["per_timestep_erf"]) == 2 for r in srfs)
+
+
+def test_bench_mixers_rows_and_markdown(tmp_path):
+    from aconvlib.mixers import benchmark as B
+
+    res = B.bench_mixers(models=["sd15-top"], sizes=["32x48"], modes=["fwd", "fwdbwd"], kernels_k=(3,), na_kernel=3,
+                         device="cpu", out=tmp_path, tag="t", command="test", quiet=True)
+    assert len(res["rows"]) == 2
+    r = res["rows"][0]
+    assert r["grid"] == "4x6" and r["tokens"] == 24
+    for key in ("sdpa", "na_k3", "window_w9", "linear", "deltaconv_k3_torch"):
+        assert r[f"{key}_ms"] > 0
+    assert r["deltaconv_k3_triton_ms"] is None
+    assert r["linear_vs_sdpa"] == pytest.approx(r["sdpa_ms"] / r["linear_ms"])
+    md = (tmp_path / "bench_mixers_t.md").read_text()
+    assert "NA K=3" in md and "Command: `test`" in md and "Paper, Table 2" in md
+    stored = json.loads((tmp_path / "bench_mixers_t.json").read_text())
+    assert stored["meta"]["na_backend"] == "torch" and stored["meta"]["window"] == 9
+    f = B.mixer_frame(stored, "fwd", ratios=True)
+    assert f.loc["Self-attention (SDPA)", "32×48"] == 1.0
+    assert B.parse_size("1440x2560") == (1440, 2560) and B.parse_size(256) == (256, 256)
+    with pytest.raises(ValueError, match="unknown mixer"):
+        B.bench_mixers(impls=["nope"], device="cpu", quiet=True)
+
+
+def test_na_processor_with_a_fixed_grid_matches_the_mask():
+    from diffusers.models.attention_processor import Attention
+
+    from aconvlib.mixers.neighborhood import NeighborhoodAttnProcessor, neighborhood_mask
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4)
+    x = torch.randn(1, 25, 8)
+    ref = attn(x, attention_mask=None)
+    attn.set_processor(NeighborhoodAttnProcessor(7, "torch", grid=(5, 5)))
+    torch.testing.assert_close(attn(x), ref)       # K ≥ grid: full attention
+    attn.set_processor(NeighborhoodAttnProcessor(3, "torch", grid=(5, 5)))
+    assert not torch.allclose(attn(x), ref)
+    assert neighborhood_mask((4, 5), 3).sum(1).min() == 9
