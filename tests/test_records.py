@@ -77,10 +77,12 @@ def test_record_returns_the_value_and_stores_json():
     rec.record("df", pd.DataFrame({"erf": [5, 7]}, index=["down.0", ("up", 1)]))
     rec.record("t", torch.tensor([[1, 2], [3, 4]]))
     rec.record("n", np.int64(7))
+    rec.record("px", pd.Series([1.0, 2.0], index=[256.0, 512.0]))
     assert rec.records["s"] == {"value": {"a": 1.5, "b": 2.5}, "rtol": 0.1, "atol": 0.0, "reason": "why"}
     assert rec.records["x"]["value"] == 0.25 and type(rec.records["n"]["value"]) is int
     assert rec.records["df"]["value"] == {"down.0": {"erf": 5}, "up / 1": {"erf": 7}}
     assert rec.records["t"]["value"] == [[1, 2], [3, 4]]
+    assert rec.records["px"]["value"] == {"256": 1.0, "512": 2.0}
     json.dumps(rec.document())       # everything is plain JSON
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["RealComparison", "erf_table", "real_comparison", "stored_rows"]
+__all__ = ["RealComparison", "erf_table", "real_comparison", "stored_rows", "summary_markdown", "variant_row"]
 
 
 def stored_rows(path) -> tuple[Optional[dict], Optional[object]]:
@@ -30,6 +30,51 @@ def stored_rows(path) -> tuple[Optional[dict], Optional[object]]:
         return None, None
     data = json.loads(path.read_text())
     return data.get("meta", {}), pd.DataFrame(data.get("rows", []))
+
+
+def variant_row(frame, model: str, variant: str):
+    """The row of ``variant`` for ``model`` in a Table-3 frame (a pandas Series), or None."""
+    if frame is None:
+        return None
+    r = frame[(frame["model"] == model) & (frame["variant"] == variant)]
+    return None if r.empty else r.iloc[0]
+
+
+def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, sweep=None, erf_tables=None,
+                     tolerance: float = 0.05) -> str:
+    """The chapter's closing "paper vs ours" table (markdown) from the same frames its sections printed:
+    ``table1`` (:func:`~aconvlib.mixers.flops.table1_comparison`), ``table3`` (rows of
+    :func:`~aconvlib.mini.compare.evaluate_variants` or the stored file), ``sweep`` (NA sweep rows, optional),
+    ``erf_tables`` (model → :func:`erf_table` frame with ``teacher`` and ``ΔConv (shipped)`` columns, optional)."""
+    from ..mini.compare import smallest_kernel_keeping
+
+    lf = table1["LinFusion ours/paper"]
+    lf1 = table1["LinFusion ours (1 head)/paper"]
+    n = int(table3["n_prompts"].iloc[0])
+    lines = ["| | the paper (real models) | ours (embedded models) |", "|---|---|---|",
+             "| FLOPs (Table 1) | ΔConv < LinFusion < self-attention from 1024 px; DiTFastAttn 0.7–0.97× attention | "
+             f"same ordering (our count); LinFusion ours / paper {lf.min():.2f}–{lf.max():.2f} with the module's heads, "
+             f"{lf1.min():.3f}–{lf1.max():.3f} with one C×C state |"]
+    for m in models:
+        cells = []
+        for _, r in table3[table3["model"] == m].iterrows():
+            cells.append(f"{r['variant']}: {r['prompt_adherence']:.0%} / {r['fdd']:.0f}")
+        lines.append(f"| Table 3, {m} | ΔConv on par with or better than the teacher and the baselines (DS, FDD, CLIP) | "
+                     f"prompt adherence / FDD analogue, {n} held-out prompts ({table3_source}): " + "; ".join(cells) + " |")
+    if sweep is not None:
+        for m in models:
+            f = sweep[sweep["model"] == m]
+            if f.empty:
+                continue
+            k = smallest_kernel_keeping(f, tolerance)
+            lines.append(f"| Fig. 6, {m} | NA with K = 13 (0.2 of SD's 64-token side) keeps SD's quality | smallest K "
+                         f"keeping the teacher's adherence (within {tolerance:.0%}, {int(f['n_prompts'].iloc[0])} prompts): "
+                         f"{k} of {int(f['grid'].iloc[0])} |")
+    for m, t in (erf_tables or {}).items():
+        lines.append(f"| Fig. 9, {m} | the ΔConv model's ERF closely matches the teacher's | median gradient ERF: teacher "
+                     f"{t['ERF teacher'].median():.0f}, ΔConv student {t['ERF ΔConv (shipped)'].median():.0f} "
+                     f"(grids {', '.join(dict.fromkeys(t['grid']))}) |")
+    return "\n".join(lines)
 
 
 def erf_table(fields: Mapping[str, Sequence], labels: Optional[Mapping[str, str]] = None):

@@ -76,6 +76,8 @@ def _key(k) -> str:
     if isinstance(k, str):
         return k
     scalar = to_jsonable(k) if not isinstance(k, (list, dict)) else k
+    if isinstance(scalar, float) and scalar.is_integer():
+        scalar = int(scalar)                 # a float index (256.0) labels its row "256"
     return str(scalar)
 
 

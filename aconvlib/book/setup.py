@@ -13,7 +13,7 @@ __all__ = ["check_memory", "locality_studies", "paper_thresholds", "setup_chapte
 
 def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optional[int] = None) -> Path:
     """Seed torch, ask for deterministic algorithms (warn, not fail, where an op has none), set the CPU
-    thread count (None: torch's default), pandas display precision, name the chapter for its records
+    thread count (None: torch's default), pandas float display (4 significant digits), name the chapter for its records
     (:mod:`aconvlib.book.records`); return ``output_dir/chapter`` (created)."""
     import os
 
@@ -32,7 +32,7 @@ def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optiona
         if int(threads) < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads}")
         torch.set_num_threads(int(threads))
-    pd.set_option("display.precision", 3)
+    pd.set_option("display.float_format", "{:.4g}".format)  # 4 significant digits: 0.0003 stays 0.0003
     pd.set_option("display.max_rows", 120)
     out = Path(output_dir) / chapter
     out.mkdir(parents=True, exist_ok=True)

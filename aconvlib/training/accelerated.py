@@ -93,7 +93,7 @@ class RunConfig:
     weight_dtype: str = "auto"           # frozen weights: auto (= the autocast dtype) | fp32 | bf16 | fp16
     grad_accum: int = 1                  # micro-batches per process and optimizer step
     gradient_checkpointing: bool = False  # of the frozen denoiser (student pass)
-    ema_decay: float = 0.0               # EMA of the adapter (0: off); the EMA weights are then the result
+    ema_decay: float = 0.0               # EMA of the adapter (0: off; after n steps min(decay, (1+n)/(10+n)))
     share_weights: bool = True           # teacher = the student's denoiser with the original attn1 swapped in
     sample_every: int = 0                # preview images every N steps (0: never)
     sample_steps: int = 20               # sampler steps of the previews
@@ -138,17 +138,20 @@ def _plain(obj):
 def check_resume(ckpt: dict, identity: dict, cfg: DistillConfig, run: RunConfig, where: str = "ckpt.pt") -> None:
     """Raise :class:`ResumeError` unless checkpoint ``ckpt`` belongs to this model/data (``identity``) and
     agrees on :data:`RESUME_FIELDS`."""
-    if not isinstance(ckpt, dict) or "identity" not in ckpt:
-        raise ResumeError(f"{where} was not written by the accelerated distiller (aconv distill): start a new run "
-                          "in another --out folder")
-    theirs, mine = _plain(ckpt["identity"]), _plain(identity)
-    diff = [f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in sorted(set(theirs) | set(mine))
-            if theirs.get(k) != mine.get(k)]
+    if not isinstance(ckpt, dict) or "config" not in ckpt or ("identity" not in ckpt and "adapter" not in ckpt):
+        raise ResumeError(f"{where} is not a distillation checkpoint: start a new run in another --out folder")
+    diff = []
+    if "identity" in ckpt:  # checkpoints of the plain Distiller carry none: their adapter is checked on load
+        theirs, mine = _plain(ckpt["identity"]), _plain(identity)
+        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in sorted(set(theirs) | set(mine))
+                if theirs.get(k) != mine.get(k)]
     for part, conf in (("distill", asdict(cfg)), ("run", asdict(run))):
+        if part == "run" and "run" not in ckpt:
+            continue
         saved = _plain(ckpt.get("config" if part == "distill" else "run", {}))
         now = _plain(conf)
         diff += [f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in RESUME_FIELDS[part]
-                 if saved.get(k) != now.get(k)]
+                 if k in now and saved.get(k, now[k]) != now.get(k)]
     if diff:
         raise ResumeError(f"cannot resume {where}: it is of another run ({'; '.join(diff[:4])}"
                           f"{f' and {len(diff) - 4} more' if len(diff) > 4 else ''}); use the same settings or "
@@ -573,7 +576,16 @@ class AcceleratedDistiller(RunLoop):
         return self.state_dict_for_checkpoint()
 
     def load_state(self, s: dict) -> None:
-        check_resume(s, self.identity, self.cfg, self.run_cfg, str(self.out / "ckpt.pt"))
+        where = str(self.out / "ckpt.pt")
+        check_resume(s, self.identity, self.cfg, self.run_cfg, where)
+        mine = {k: tuple(v.shape) for k, v in self.adapter.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in s["adapter"].items()}
+        if mine != theirs:
+            bad = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+            raise ResumeError(f"cannot resume {where}: its {len(theirs)} adapter tensors do not fit this model's "
+                              f"{len(mine)} (e.g. {bad[0]}); it is of another model: use another --out")
+        if self.ema is not None and s.get("ema") is None and s["step"] > 0:
+            raise ResumeError(f"cannot resume {where}: it has no EMA state but ema_decay={self.run_cfg.ema_decay}")
         self.adapter.load_state_dict(s["adapter"])
         self.opt.load_state_dict(s["optimizer"])
         self.gen.set_state(s["generator"].cpu())

@@ -28,6 +28,11 @@ Data: any iterator of ``(x0_latents [B, C, h, w], text_states [B, L, D])`` or
 renders the procedural dataset and encodes its captions (dropped to "" 10% of the time so that the
 unconditional branch of classifier-free guidance is distilled too).
 
+At scale (many processes, mixed precision, gradient accumulation and checkpointing, EMA, one shared
+copy of the frozen weights) the same loss runs in
+:class:`~aconvlib.training.accelerated.AcceleratedDistiller`, what ``aconv distill`` uses; this
+:class:`Distiller` is the plain single-process reference (tested to give the same updates).
+
 Runs are tasks of :class:`aconvlib.training.loop.RunLoop`: a tqdm bar, a log in
 ``<out>/distill_log.jsonl``, atomic checkpoints in ``<out>/ckpt.pt`` (adapter weights, optimizer,
 step, generator) and resume after a kill with ``resume=True``; the result is saved with
