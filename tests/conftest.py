@@ -6,25 +6,25 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
-from aconvlib.testing.dummies import tiny_pixart, tiny_unet  # noqa: E402
+from aconvlib.testing import dummies  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def unet():
     """A tiny random-weight ``UNet2DConditionModel`` (shared factory: aconvlib.testing.dummies)."""
-    return tiny_unet()
+    return dummies.tiny_unet()
 
 
 @pytest.fixture(scope="module")
 def pixart():
     """A tiny random-weight ``PixArtTransformer2DModel`` with learned sigma."""
-    return tiny_pixart()
+    return dummies.tiny_pixart()
 
 
 @pytest.fixture(scope="module")
 def sdxl_unet():
     """A tiny U-Net with SDXL's text_time conditioning."""
-    return tiny_unet(text_time=True)
+    return dummies.tiny_unet(text_time=True)
 
 
 @pytest.fixture(scope="session")

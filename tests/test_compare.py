@@ -123,3 +123,55 @@ def test_na_processor_with_a_fixed_grid_matches_the_mask():
     attn.set_processor(NeighborhoodAttnProcessor(3, "torch", grid=(5, 5)))
     assert not torch.allclose(attn(x), ref)
     assert neighborhood_mask((4, 5), 3).sum(1).min() == 9
+
+
+def test_erf_table_and_summary():
+    from aconvlib.analysis.receptive_field import mixer_receptive_field
+    from aconvlib.book.comparison import erf_table, summary_markdown, variant_row
+    from aconvlib.mixers.flops import table1_comparison
+
+    grid = (9, 9)
+    x = torch.randn(1, 81, 2)
+    ident = mixer_receptive_field(lambda t: t, x, grid, name="a.attn1")
+    glob = mixer_receptive_field(lambda t: t.mean(1, keepdim=True).expand_as(t), x, grid, name="a.attn1")
+    t = erf_table({"teacher": [glob], "ΔConv (shipped)": [ident]}, {"a.attn1": "L0"})
+    assert t.loc[0, "layer"] == "L0" and t.loc[0, "ERF teacher"] == 9 and t.loc[0, "ERF ΔConv (shipped)"] == 1
+    assert t.loc[0, "mass in teacher's ERF window, ΔConv (shipped)"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="layer 0"):
+        erf_table({"a": [ident], "b": [mixer_receptive_field(lambda t: t, x, grid, name="other")]})
+    t3 = pd.DataFrame([{"model": "m", "variant": "self-attention (teacher)", "n_prompts": 4, "prompt_adherence": 0.5,
+                        "fdd": 10.0}, {"model": "m", "variant": "NA K=3", "n_prompts": 4, "prompt_adherence": 0.25,
+                                       "fdd": 20.0}])
+    assert variant_row(t3, "m", "NA K=3")["fdd"] == 20.0 and variant_row(t3, "m", "x") is None
+    sweep = pd.DataFrame([{"model": "m", "K": None, "grid": 16, "n_prompts": 4, "prompt_adherence": 0.5},
+                          {"model": "m", "K": 3, "grid": 16, "n_prompts": 4, "prompt_adherence": 0.5}])
+    md = summary_markdown(["m"], table1_comparison(), t3, "live", sweep, {"m": t}, 0.05)
+    assert "NA K=3: 25% / 20" in md and "smallest K" in md and "3 of 16" in md and "0.988" in md
+
+
+def test_real_comparison_without_models_or_weights(empty_hub):
+    from aconvlib.book.comparison import real_comparison
+
+    rep = real_comparison([])
+    assert rep.rows == [] and "real_models is empty" in rep.lines[0]
+    rep = real_comparison(["sd15"], n_prompts=1, steps=1)
+    assert rep.rows == [] and any("sd15: weights not available" in l for l in rep.lines)
+    with pytest.raises(ValueError, match="not in real_models"):
+        real_comparison(["sd15"], {"sdxl": {"deltaconv": "x"}})
+
+
+@pytest.mark.slow
+def test_real_comparison_on_the_fixture_hub(fixture_hub, tmp_path):
+    """The `full` code path on a tiny random-weight SD1.5: teacher, window attention and NA from the same noise; a
+    missing CLIP encoder and a missing adapter are named, not replaced."""
+    from aconvlib.book.comparison import real_comparison
+
+    rep = real_comparison(["sd15"], {"sd15": {"linear": str(tmp_path / "none")}}, n_prompts=2, steps=2, height=64,
+                          width=64, na_kernel=3)
+    assert [r["variant"] for r in rep.rows] == ["self-attention (teacher)", "window attention (9 keys)", "NA K=3"]
+    assert all(r["CLIP"] is None for r in rep.rows)
+    assert set(rep.images["sd15"]) == {r["variant"] for r in rep.rows}
+    assert rep.images["sd15"]["NA K=3"].shape == (2, 64, 64, 3)
+    text = "\n".join(rep.lines)
+    assert "no distilled ΔConv adapter" in text and "no distilled LinFusion adapter" in text
+    assert "CLIP metric not computed" in text and "FDD not computed" in text

@@ -36,7 +36,7 @@ import torch
 from ..models import family_of, get_denoiser
 from .locality import asm_curve, erf, odd_kernel_sizes
 
-__all__ = ["ReceptiveField", "erf_positions", "gradient_map", "layer_inputs", "mixer_layers_by_name",
+__all__ = ["ReceptiveField", "erf_positions", "gradient_map", "gradient_maps", "layer_inputs", "mixer_layers_by_name",
            "mixer_receptive_field", "receptive_fields"]
 
 Positions = Union[str, int, Sequence[tuple[int, int]]]
@@ -64,23 +64,32 @@ def erf_positions(grid: tuple[int, int], positions: Positions = "center") -> lis
     return out
 
 
-def gradient_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: tuple[int, int],
-                 position: tuple[int, int]) -> torch.Tensor:
-    """``G_p`` [H', W'] (float64, CPU): mean over the batch of Σ_c |∂ Σ_c' fn(x)[b, p, c'] / ∂ x[b, :, c]|.
+def gradient_maps(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: tuple[int, int],
+                  positions: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """``G_p`` [P, H', W'] (float64, CPU) for every position p: mean over the batch of
+    Σ_c |∂ Σ_c' fn(x)[b, p, c'] / ∂ x[b, :, c]| (one forward, one backward per position).
 
     ``fn`` maps tokens [B, N, C] to [B, N, C'] (a token mixer called on ``grid``); ``x`` is its input.
     """
     h, w = grid
     if x.ndim != 3 or x.shape[1] != h * w:
         raise ValueError(f"x must be tokens [B, {h * w}, C] on the {h}×{w} grid, got {tuple(x.shape)}")
-    r, c = position
     xg = x.detach().clone().requires_grad_(True)
+    out = []
     with torch.enable_grad():
         y = fn(xg)
         if y.ndim != 3 or y.shape[:2] != x.shape[:2]:
             raise ValueError(f"the mixer must return [B, N, C'] with the input's B and N, got {tuple(y.shape)}")
-        (g,) = torch.autograd.grad(y[:, r * w + c].sum(), xg)
-    return g.detach().abs().double().sum(-1).mean(0).reshape(h, w).cpu()
+        for i, (r, c) in enumerate(positions):
+            (g,) = torch.autograd.grad(y[:, r * w + c].sum(), xg, retain_graph=i < len(positions) - 1)
+            out.append(g.detach().abs().double().sum(-1).mean(0).reshape(h, w).cpu())
+    return torch.stack(out)
+
+
+def gradient_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: tuple[int, int],
+                 position: tuple[int, int]) -> torch.Tensor:
+    """``G_p`` [H', W'] for one output position (see :func:`gradient_maps`)."""
+    return gradient_maps(fn, x, grid, [position])[0]
 
 
 @dataclass
@@ -135,8 +144,7 @@ def mixer_receptive_field(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     pos = erf_positions(grid, positions)
     ks = list(kernel_sizes or odd_kernel_sizes(grid))
     maps, curves = [], []
-    for p in pos:
-        g = gradient_map(fn, x, grid, p)
+    for p, g in zip(pos, gradient_maps(fn, x, grid, pos)):
         total = g.sum()
         if not total > 0:
             raise ValueError(f"{name or 'mixer'}: the output at {p} does not depend on the input (zero gradient)")
