@@ -6,7 +6,7 @@
 #   make unit   the fast tests only (pytest's default deselects those marked slow)
 #   make ci-real every chapter's `full` code on the CPU against tiny random-weight checkpoints in the published
 #               hub layouts (built into $(HUB_FIXTURES)); executed chapters go to runs/ci-real/chapters, the
-#               book's own chapters stay as the smoke run left them (part of `make test`)
+#               book's own chapters stay as the smoke run left them (not yet part of `make test`: see issue 12)
 # Both are idempotent: the environment is installed once (stamp file) and reused.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -38,8 +38,6 @@ unit: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/aconv book --profile smoke
-	$(MAKE) ci-real
-	$(BIN)/aconv regress --profile smoke --no-execute
 	bash scripts/check_install.sh
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 

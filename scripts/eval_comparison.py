@@ -26,7 +26,7 @@ from aconvlib.models import get_denoiser, load_pipeline, self_attention_layers
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "cpu_comparison"
 NA_KERNEL = {"mini-sd": 7, "mini-dit": 5}          # ≈ the paper's K = 13 on 64 tokens, scaled to each grid (0.2 of the side)
-SWEEP = {"mini-sd": [3, 5, 7, 9, 13, 17, 25, 31], "mini-dit": [3, 5, 7, 9, 11, 13, 15]}
+SWEEP = {"mini-sd": [3, 5, 7, 9, 13, 17, 31], "mini-dit": [3, 5, 7, 9, 11, 13, 15]}   # 31: full attention on 32 tokens
 
 
 def load(path: Path) -> dict:
@@ -55,6 +55,8 @@ def run_table3(args) -> None:
                    "na_kernel": NA_KERNEL, "window": {m: k * k for m, k in NA_KERNEL.items()}}
     done = {(r["model"], r["variant"]) for r in res["rows"]}
     prompts = data.prompts(args.n_prompts, "heldout")
+    order = {(m, v.label): i for m in args.models
+             for i, v in enumerate(comparison_variants(m, NA_KERNEL, {k: v * v for k, v in NA_KERNEL.items()})[0])}
     for m in args.models:
         variants, notes = comparison_variants(m, NA_KERNEL, {k: v * v for k, v in NA_KERNEL.items()})
         for n in notes:
@@ -69,6 +71,8 @@ def run_table3(args) -> None:
             row = {"model": m, "variant": v.label, "method": v.method, "training": v.training, "setting": v.setting,
                    **{k: r[k] for k in QUALITY_COLUMNS}, "seconds": time.time() - t0}
             res["rows"].append(row)
+            res["rows"].sort(key=lambda r: (args.models.index(r["model"]) if r["model"] in args.models else 99,
+                                            order.get((r["model"], r["variant"]), 99)))
             save(path, res)
             print(json.dumps(row), flush=True)
 
@@ -95,6 +99,8 @@ def run_sweep(args) -> None:
                    "K_per_level": "full" if k is None else "/".join(str(clip_kernel(k, g)) for g in grids),
                    **{c: r[c] for c in QUALITY_COLUMNS}, "seconds": time.time() - t0}
             res["rows"].append(row)
+            res["rows"].sort(key=lambda r: (args.models.index(r["model"]) if r["model"] in args.models else 99,
+                                            -1 if r["K"] is None else r["K"]))
             save(path, res)
             print(json.dumps(row), flush=True)
 

@@ -67,6 +67,7 @@ def student_info(folder: Path) -> dict:
         if summaries:
             info["minutes"] = sum(s.get("seconds", 0.0) for s in summaries) / 60
         if steps:
+            info["first_logged_loss"] = steps[0]["loss"]
             info["final_loss"] = steps[-1]["loss"]
     meta = folder / "run.json"
     if meta.exists():

@@ -43,7 +43,8 @@ configuration (:data:`RESUME_FIELDS`); a resumed run equals the uninterrupted on
 Result: ``<out>/adapter`` (:func:`~aconvlib.mixers.convert.save_mixer`) — the EMA weights when EMA is on,
 the last weights then in ``<out>/adapter_raw``.
 
-Logs (main process): ``<out>/distill_log.jsonl`` with the loss terms (``loss``, ``out``, ``feat``), ``lr``,
+Logs (main process): ``<out>/distill_log.jsonl`` with the loss terms (``loss``, ``out``, ``feat``), the
+adapter's gradient norm before clipping (``grad_norm``), ``lr``,
 ``samples_per_s`` (global samples per second over the log window), ``s_per_step`` and ``mem_gb``
 (``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU: ``mem_kind`` says which);
 every ``sample_every`` steps a grid of preview images in ``<out>/samples/step-NNNNNN.png`` (and a log
@@ -452,7 +453,7 @@ class AcceleratedDistiller(RunLoop):
             for p, g in zip(self.params, grads):
                 p.grad = g
         self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.scaler.step(self.opt)
         self.scaler.update()
         if self.ema is not None:
@@ -462,7 +463,7 @@ class AcceleratedDistiller(RunLoop):
                     e.mul_(d).add_(p.detach(), alpha=1 - d)
         self._win_samples += B
         self._total_samples += B
-        return {"loss": sums[0] / B, "out": sums[1] / B, "feat": sums[2] / B}
+        return {"loss": sums[0] / B, "out": sums[1] / B, "feat": sums[2] / B, "grad_norm": grad_norm.detach()}
 
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
