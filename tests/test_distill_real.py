@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from aconvlib.training.accelerated import AcceleratedDistiller, ResumeError, RunConfig, SharedTeacher
-from aconvlib.training.datasets import DataError
 from aconvlib.training.distill import DistillConfig, Distiller, make_student
 from aconvlib.training.encoding import (CacheSet, PipelineEncoder, build_image_cache, cached_batches,
                                         to_distill_batch)

@@ -52,17 +52,19 @@ def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, 
     same = (table1["LinFusion paper tokens"] - tokens).abs() <= 0.01 * tokens   # rows whose paper entry uses our frame
     lf = table1.loc[same, "LinFusion ours/paper"]
     lf1 = table1.loc[same, "LinFusion ours (1 head)/paper"]
-    n = int(table3["n_prompts"].iloc[0])
     lines = ["| | the paper (real models) | ours (embedded models) |", "|---|---|---|",
              "| FLOPs (Table 1) | ΔConv < LinFusion < self-attention from 1024 px; DiTFastAttn 0.7–0.97× attention | "
              f"same ordering (our count); LinFusion ours / paper {lf.min():.2f}–{lf.max():.2f} with the module's heads, "
              f"{lf1.min():.3f}–{lf1.max():.3f} with one C×C state (rows where the paper's LinFusion entry uses the same frame) |"]
     for m in models:
-        cells = []
-        for _, r in table3[table3["model"] == m].iterrows():
-            cells.append(f"{r['variant']}: {r['prompt_adherence']:.0%} / {r['fdd']:.0f}")
+        rows = table3[table3["model"] == m]
+        if rows.empty:
+            continue
+        cells = [f"{r['variant']}: {r['prompt_adherence']:.0%} / {r['fdd']:.0f}" for _, r in rows.iterrows()]
+        source = rows["source"].iloc[0] if "source" in rows else table3_source
         lines.append(f"| Table 3, {m} | ΔConv on par with or better than the teacher and the baselines (DS, FDD, CLIP) | "
-                     f"prompt adherence / FDD analogue, {n} held-out prompts ({table3_source}): " + "; ".join(cells) + " |")
+                     f"prompt adherence / FDD analogue, {int(rows['n_prompts'].iloc[0])} held-out prompts ({source}): "
+                     + "; ".join(cells) + " |")
     if sweep is not None:
         for m in models:
             f = sweep[sweep["model"] == m]
