@@ -300,6 +300,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(fixture_hub, tmp_path):
 
 # ----- the one call and the command line ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_distill_sdxl_from_images_and_pixart_from_teacher_data(fixture_hub, tmp_path):
     from aconvlib.mixers.convert import load_mixer
 
