@@ -38,6 +38,7 @@ unit: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/aconv book --profile smoke
+	$(BIN)/aconv regress --profile smoke --no-execute
 	bash scripts/check_install.sh
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 

@@ -23,6 +23,19 @@ def test_smallest_kernel_keeping():
     assert C.smallest_kernel_keeping(sweep_frame(0.9, {3: 0.1, 5: 0.2}), 0.05) is None
 
 
+def test_tolerance_is_at_least_one_prompt_and_the_text_says_what_was_tried():
+    # 16 prompts: the teacher 15/16, K = 13 and 15 lose one prompt (14/16): within one prompt's share (6.25%)
+    f = sweep_frame(15 / 16, {3: 0.0, 9: 10 / 16, 13: 14 / 16, 15: 14 / 16}).assign(n_prompts=16, grid=16)
+    assert C.keep_tolerance(f, 0.05) == pytest.approx(1 / 16)
+    assert C.keep_tolerance(f, 0.10) == pytest.approx(0.10)
+    assert C.smallest_kernel_keeping(f, 0.05) == 13
+    assert C.describe_smallest_kernel(f, 13) == "13 (0.81 of the 16-token side)"
+    f = f.assign(n_prompts=64)         # the same shares on 64 prompts: a 6.25% loss is more than 5%
+    assert C.smallest_kernel_keeping(f, 0.05) is None
+    assert C.describe_smallest_kernel(f, None) == "none of K = 3, 9, 13, 15 (K = 15 scores 88% against the teacher's 94%)"
+    assert C.keep_tolerance(sweep_frame(0.9, {3: 0.1}), 0.05) == 0.05      # no prompt count: as given
+
+
 def test_student_info_reads_budget(tmp_path):
     d = tmp_path / "s"
     d.mkdir()
@@ -109,6 +122,35 @@ def test_bench_mixers_rows_and_markdown(tmp_path):
         B.bench_mixers(impls=["nope"], device="cpu", quiet=True)
 
 
+@pytest.mark.parametrize("bad", ["1x", "x512", "512x", "12a", "0", "-4"])
+def test_bench_sizes_are_checked_before_any_work(bad, tmp_path, capsys):
+    from aconvlib.cli import main
+    from aconvlib.mixers import benchmark as B
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench-mixers", "--sizes", bad, "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--sizes" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        B.parse_size(bad)
+    with pytest.raises(ValueError, match="smaller than one token of sd15-top"):
+        B.bench_mixers(models=["sd15-top"], sizes=["64", "4"], out=tmp_path, device="cpu", quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    assert B.parse_size(" 1024 × 576 ") == (1024, 576)
+
+
+def test_bench_commands_pass_every_argument_to_the_benchmark(capsys):
+    from aconvlib.cli import main
+
+    for argv in (["bench-mixers", "--help"], ["bench-blocks", "--", "-h"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and f"usage: aconv {argv[0]}" in out and "--sizes" in out
+    with pytest.raises(SystemExit) as e:       # other commands still refuse what they do not know
+        main(["models", "--sizes", "512"])
+    assert e.value.code == 2 and "unrecognized arguments: --sizes 512" in capsys.readouterr().err
+
+
 def test_na_processor_with_a_fixed_grid_matches_the_mask():
     from diffusers.models.attention_processor import Attention
 
@@ -146,7 +188,8 @@ def test_erf_table_and_summary():
     sweep = pd.DataFrame([{"model": "m", "K": None, "grid": 16, "n_prompts": 4, "prompt_adherence": 0.5},
                           {"model": "m", "K": 3, "grid": 16, "n_prompts": 4, "prompt_adherence": 0.5}])
     md = summary_markdown(["m"], table1_comparison(), t3, "live", sweep, {"m": t}, 0.05)
-    assert "NA K=3: 25% / 20" in md and "smallest K" in md and "3 of 16" in md and "0.988" in md
+    assert "NA K=3: 25% / 20" in md and "smallest K" in md and "0.988" in md
+    assert "(within 25.0%, 4 prompts): 3 (0.19 of the 16-token side)" in md   # one prompt of 4 > 5%
 
 
 def test_real_comparison_without_models_or_weights(empty_hub):

@@ -269,6 +269,38 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_checkpointing_runs(fixture_
     assert Path(s["adapter"]).is_dir() and Path(s["adapter_raw"]).is_dir()   # EMA result + last weights
 
 
+def test_tensorboard_gets_the_jsonl_scalars_and_the_preview_images(fixture_hub, tmp_path):
+    """With ``tensorboard=True`` the event file holds every numeric JSONL field per logged step (same values)
+    and the preview grid at each ``sample_every`` step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from aconvlib.training.accelerated import PreviewSampler
+
+    pipe = _pipe("sd15")
+    enc = PipelineEncoder(pipe)
+    cache = build_image_cache(enc, _images(tmp_path / "imgs"), tmp_path / "cache", model="sd15", buckets="64x64",
+                              progress=False)
+    cfg = DistillConfig(steps=2, batch=2, warmup=1, ckpt_every=10, log_every=1)
+    preview = PreviewSampler(pipe, enc, ["a red square"], px=64, steps=2)
+    d = AcceleratedDistiller(pipe, cached_batches(cache, enc.kind, cfg.batch, cfg.seed, 0.25), cfg, tmp_path / "tb",
+                             run=RunConfig(tensorboard=True, sample_every=1, share_weights=False), device="cpu",
+                             quiet=True, identity={"model": "sd15"}, preview=preview)
+    d.run()
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    log = [json.loads(l) for l in (tmp_path / "tb" / "distill_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for key in ("loss", "lr", "grad_norm", "samples_per_s"):
+        got = {e.step: e.value for e in events.Scalars(f"distill/{key}")}
+        assert got == pytest.approx({r["step"]: r[key] for r in steps}, rel=1e-6), key
+    images = events.Images("samples")
+    assert [e.step for e in images] == [1, 2]
+    assert images[0].width > 0 and images[0].height > 0
+    assert [r["samples"] for r in log if "samples" in r] == [str(tmp_path / "tb" / "samples" / f"step-00000{i}.png")
+                                                             for i in (1, 2)]
+
+
 class _Killed(Exception):
     pass
 

@@ -46,7 +46,7 @@ def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, 
     ``table1`` (:func:`~aconvlib.mixers.flops.table1_comparison`), ``table3`` (rows of
     :func:`~aconvlib.mini.compare.evaluate_variants` or the stored file), ``sweep`` (NA sweep rows, optional),
     ``erf_tables`` (model → :func:`erf_table` frame with ``teacher`` and ``ΔConv (shipped)`` columns, optional)."""
-    from ..mini.compare import smallest_kernel_keeping
+    from ..mini.compare import describe_smallest_kernel, keep_tolerance, smallest_kernel_keeping
 
     tokens = table1["grid"].map(lambda g: int(g.split("×")[0]) * int(g.split("×")[1]))
     same = (table1["LinFusion paper tokens"] - tokens).abs() <= 0.01 * tokens   # rows whose paper entry uses our frame
@@ -70,10 +70,9 @@ def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, 
             f = sweep[sweep["model"] == m]
             if f.empty:
                 continue
-            k = smallest_kernel_keeping(f, tolerance)
             lines.append(f"| Fig. 6, {m} | NA with K = 13 (0.2 of SD's 64-token side) keeps SD's quality | smallest K "
-                         f"keeping the teacher's adherence (within {tolerance:.0%}, {int(f['n_prompts'].iloc[0])} prompts): "
-                         f"{k} of {int(f['grid'].iloc[0])} |")
+                         f"keeping the teacher's adherence (within {keep_tolerance(f, tolerance):.1%}, "
+                         f"{int(f['n_prompts'].iloc[0])} prompts): {describe_smallest_kernel(f, smallest_kernel_keeping(f, tolerance))} |")
     for m, t in (erf_tables or {}).items():
         lines.append(f"| Fig. 9, {m} | the ΔConv model's ERF closely matches the teacher's | median gradient ERF: teacher "
                      f"{t['ERF teacher'].median():.0f}, ΔConv student {t['ERF ΔConv (shipped)'].median():.0f} "

@@ -71,7 +71,7 @@ def _fmt(v: Any, short: bool = True) -> str:
     if isinstance(v, bool) or v is None:
         return json.dumps(v)
     if isinstance(v, int):
-        return f"{v:.4g}" if short and abs(v) >= 10**7 else str(v)
+        return f"{v:.4g}" if short and abs(v) >= 10**12 else f"{v:,}" if short else str(v)
     if isinstance(v, float):
         return f"{v:.4g}" if short else f"{v:.10g}"
     if isinstance(v, str):
@@ -250,11 +250,16 @@ class Comparison:
         verdict = "**all match their references**" if self.ok else f"**{len(self.failures)} fail**"
         out = [f"Last comparison: {day}, profile `{self.profile}`: {self.n_records} records in "
                f"{len({r.chapter for r in self.rows})} chapters, {verdict}. References: `{self.references}`.", ""]
-        envs = {json.dumps(e, sort_keys=True): e for e in self.environments.values() if e}
-        for e in envs.values():
-            out += [f"This run: aconvlib {e.get('aconvlib')}, torch {e.get('torch')}, diffusers {e.get('diffusers')}, "
+        envs: dict[str, tuple[dict, list[str]]] = {}
+        for ch, e in self.environments.items():
+            if e:
+                envs.setdefault(json.dumps(e, sort_keys=True), (e, []))[1].append(ch)
+        for e, chapters in envs.values():
+            which = "" if len(envs) == 1 else f" ({', '.join(chapters)})"
+            threads = e.get("torch_threads")
+            out += [f"This run{which}: aconvlib {e.get('aconvlib')}, torch {e.get('torch')}, diffusers {e.get('diffusers')}, "
                     f"numpy {e.get('numpy')}, Python {e.get('python')}, {e.get('device')}"
-                    + (f", {e['torch_threads']} torch threads" if e.get("torch_threads") else "") + ".", ""]
+                    + (f", {threads} torch thread{'s' if threads != 1 else ''}" if threads else "") + ".", ""]
         refs = {}
         for ch, info in self.reference_info.items():
             refs.setdefault((info.get("updated") or "")[:10], []).append(ch)

@@ -37,13 +37,18 @@ def _convert(args) -> None:
 def _bench(args) -> None:
     from ..mixers.benchmark import main
 
-    main(args.bench_args)
+    main(_forwarded(args.bench_args), prog="aconv bench-blocks")
+
+
+def _forwarded(argv: list[str]) -> list[str]:
+    """The benchmark's own arguments (an optional leading ``--`` separator dropped)."""
+    return argv[1:] if argv[:1] == ["--"] else argv
 
 
 def _bench_mixers(args) -> None:
     from ..mixers.benchmark import main_mixers
 
-    main_mixers(args.bench_args, prog="aconv bench-mixers")
+    main_mixers(_forwarded(args.bench_args), prog="aconv bench-mixers")
 
 
 def register(sub) -> None:
@@ -56,12 +61,14 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="save the freshly initialised adapter here (safetensors + config)")
     p.set_defaults(func=_convert)
-    b = sub.add_parser("bench-blocks", help="latency/memory of SDPA vs ΔConvBlock (torch, Triton); "
-                       "arguments go to aconvlib.mixers.benchmark (e.g. -- --device cpu --sizes 512)")
-    b.add_argument("bench_args", nargs="*")
+    b = sub.add_parser("bench-blocks", add_help=False,
+                       help="latency/memory of SDPA vs ΔConvBlock (torch, Triton); every argument goes to "
+                            "aconvlib.mixers.benchmark (e.g. --device cpu --sizes 512; --help lists them)")
+    b.set_defaults(pass_through="bench_args")
     b.set_defaults(func=_bench)
     bm = sub.add_parser("bench-mixers", help="latency of every token mixer of the paper's Table 2 (SDPA, NA, window, "
                         "LinFusion, ΔConv K=13/25 torch/Triton), ratios to SDPA in the same run; arguments go to "
-                        "aconvlib.mixers.benchmark.main_mixers (e.g. -- --device cpu --sizes 256 512)")
-    bm.add_argument("bench_args", nargs="*")
+                        "aconvlib.mixers.benchmark.main_mixers (e.g. --device cpu --sizes 256 512; --help lists them)",
+                        add_help=False)
+    bm.set_defaults(pass_through="bench_args")
     bm.set_defaults(func=_bench_mixers)

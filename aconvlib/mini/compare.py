@@ -37,8 +37,8 @@ from .distill import adapter_dir
 from .evaluate import evaluate_model
 from .models import to_latent
 
-__all__ = ["Variant", "comparison_variants", "evaluate_variants", "mini_receptive_fields", "na_sweep", "per_model",
-           "smallest_kernel_keeping", "student_dir", "student_info", "variant_pipeline"]
+__all__ = ["Variant", "comparison_variants", "describe_smallest_kernel", "evaluate_variants", "keep_tolerance",
+           "mini_receptive_fields", "na_sweep", "per_model", "smallest_kernel_keeping", "student_dir", "student_info", "variant_pipeline"]
 
 QUALITY_COLUMNS = ("n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd")
 
@@ -120,7 +120,8 @@ def comparison_variants(model: str, na_kernel=7, window=49, cpu_budget: bool = T
                 continue
             i = student_info(d)
             budget = f"{i.get('steps')} steps × batch {i.get('batch')}"
-            out.append(Variant(f"{title} (CPU budget)", mixer, f"distilled from scratch on the CPU, {budget}",
+            start = "from fresh blocks" if mixer == "deltaconv" else "from the teacher's attn1 weights"
+            out.append(Variant(f"{title} (CPU budget)", mixer, f"distilled on the CPU, {budget}, {start}",
                                "K=" + str(_kernel_of(d)) if mixer == "deltaconv" else "hidden ratio 1", d))
     out.append(Variant(f"window attention ({window} keys)", "window", "training-free", f"1-D band, {window} keys",
                        options={"window": window, "mode": "1d"}))
@@ -210,16 +211,37 @@ def na_sweep(model: str, kernels: Sequence[int], prompts, *, steps: int = 20, gu
     return pd.DataFrame(rows)
 
 
+def keep_tolerance(sweep, tolerance: float = 0.05) -> float:
+    """How far below the teacher a K may score and still "keep its quality" on this sweep: ``tolerance``, or one
+    prompt's share (1/n) when that is larger, since a share measured on n prompts moves in steps of 1/n (with 16
+    prompts a 5% tolerance would otherwise mean "no prompt lost")."""
+    n = int(sweep["n_prompts"].iloc[0]) if "n_prompts" in sweep and len(sweep) else 0
+    return max(float(tolerance), 1.0 / n) if n > 0 else float(tolerance)
+
+
 def smallest_kernel_keeping(sweep, tolerance: float = 0.05, column: str = "prompt_adherence") -> Optional[int]:
     """The smallest K of a :func:`na_sweep` frame (one model) from which on every larger K keeps ``column``
-    within ``tolerance`` of the teacher's (the ``K = None`` row); None if no K does."""
+    within :func:`keep_tolerance` of the teacher's (the ``K = None`` row); None if no K does."""
     teacher = float(sweep.loc[sweep["K"].isna(), column].iloc[0])
     ks = sweep.dropna(subset=["K"]).sort_values("K")
-    ok = (ks[column] >= teacher - tolerance).tolist()
+    ok = (ks[column] >= teacher - keep_tolerance(sweep, tolerance) - 1e-9).tolist()
     for i, k in enumerate(ks["K"].astype(int).tolist()):
         if all(ok[i:]):
             return k
     return None
+
+
+def describe_smallest_kernel(sweep, k: Optional[int], column: str = "prompt_adherence") -> str:
+    """One phrase for the text about ``k`` (:func:`smallest_kernel_keeping` of ``sweep``): ``"7 (0.22 of the
+    32-token side)"``, or, when no K kept the teacher's quality, the Ks tried and the largest one's score."""
+    side = int(sweep["grid"].iloc[0])
+    if k is not None:
+        return f"{k} ({k / side:.2f} of the {side}-token side)"
+    teacher = float(sweep.loc[sweep["K"].isna(), column].iloc[0])
+    ks = sweep.dropna(subset=["K"]).sort_values("K")
+    last = ks.iloc[-1]
+    return (f"none of K = {', '.join(str(int(x)) for x in ks['K'])} (K = {int(last['K'])} scores "
+            f"{float(last[column]):.0%} against the teacher's {teacher:.0%})")
 
 
 def mini_receptive_fields(pipe, n: int = 4, px: int = 64, timesteps: Sequence[int] = (700, 300),

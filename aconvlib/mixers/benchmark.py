@@ -31,6 +31,7 @@ on CUDA: the paper's 512², 1024², 1440×2560, 2160×3840; on CPU: 256² and 51
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import os
 import platform
@@ -140,8 +141,8 @@ def check_triton(block, x, grid):
     return res
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None, prog=None):
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: float16 on CUDA, float32 on CPU")
     ap.add_argument("--batch", type=int, default=2)
@@ -294,13 +295,21 @@ def parse_size(size) -> tuple[int, int]:
     if isinstance(size, (tuple, list)):
         h, w = size
     else:
-        text = str(size).lower().replace("×", "x")
-        h, _, w = text.partition("x")
-        w = w or h
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[x×]\s*(\d+))?\s*", str(size).lower())
+        if m is None:
+            raise ValueError(f"a size is px (512) or H×W px (1440x2560), got {size!r}")
+        h, w = m.group(1), m.group(2) or m.group(1)
     h, w = int(h), int(w)
     if h < 1 or w < 1:
         raise ValueError(f"sizes must be positive, got {size!r}")
     return h, w
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def mixer_keys(impls, kernels_k, na_kernel: int, window: int) -> list[tuple[str, str, int | None]]:
@@ -384,6 +393,11 @@ def bench_mixers(models=("pixart-sigma", "sd15-top"), sizes=None, modes=("fwd", 
     if sizes is None:
         sizes = [tuple(s) for s in paper_table("table2_latency_ms")["sizes"]] if device.type == "cuda" else [(256, 256), (512, 512)]
     sizes = [parse_size(s) for s in sizes]
+    for model in models:
+        f = MODELS[model]["px_per_token"]
+        small = [f"{h}x{w}" for h, w in sizes if h < f or w < f]
+        if small:
+            raise ValueError(f"{', '.join(small)} px is smaller than one token of {model} ({f} px per token)")
     bad = [i for i in impls if i not in MIXER_IMPLS]
     if bad:
         raise ValueError(f"unknown mixer implementations {bad}; choose from {MIXER_IMPLS}")
@@ -407,8 +421,6 @@ def bench_mixers(models=("pixart-sigma", "sd15-top"), sizes=None, modes=("fwd", 
         for (hpx, wpx) in sizes:
             grid = (hpx // f, wpx // f)
             n = grid[0] * grid[1]
-            if min(grid) < 1:
-                continue
             attn_cost = 4 * batch * n * n * c
             mixers = build_mixers(spec, grid, impls, kernels_k, na_kernel, window, dtype, device, na_backend)
             x = torch.randn(batch, n, c, device=device, dtype=dtype)
@@ -577,11 +589,11 @@ def mixers_markdown(result: dict) -> str:
 
 def main_mixers(argv=None, prog: str = "python benchmarks/bench_mixers.py"):
     """``aconv bench-mixers`` / ``python benchmarks/bench_mixers.py``: see :func:`bench_mixers`."""
-    ap = argparse.ArgumentParser(description="latency of every token mixer of the paper's Table 2 (one run, ratios to SDPA)")
+    ap = argparse.ArgumentParser(prog=prog, description="latency of every token mixer of the paper's Table 2 (one run, ratios to SDPA)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: float16 on CUDA, float32 on CPU")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--sizes", nargs="+", default=None,
+    ap.add_argument("--sizes", nargs="+", default=None, type=_size_arg,
                     help="px or HxW frames; default: the paper's 512² 1024² 1440x2560 2160x3840 (CPU: 256 512)")
     ap.add_argument("--models", nargs="+", default=["pixart-sigma", "sd15-top"], choices=list(MODELS))
     ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
