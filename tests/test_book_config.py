@@ -87,3 +87,23 @@ def test_readme_gpu_section_names_the_same_repository():
     start = text.index("## Running a chapter on a real model")
     section = text[start:text.index("\n## ", start + 10)]
     assert set(re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", section)) == {repository_url()}
+
+
+def test_colab_links_point_at_the_chapter_sources_not_the_ignored_executed_copies(tmp_path):
+    """jupyter-book links each page to book/chapters/<chapter>.ipynb, which git ignores (a 404 on GitHub/Colab);
+    the build rewrites those links to notebooks/<chapter>.ipynb, which exists in the repository."""
+    from aconvlib.book.runner import point_launch_links_at_sources
+
+    root = Path(__file__).resolve().parents[1]
+    assert "book/chapters" in (root / ".gitignore").read_text()
+    page = tmp_path / "chapters" / "03_asm_highpass.html"
+    page.parent.mkdir()
+    base = "https://colab.research.google.com/github/o/r/blob/main/"
+    page.write_text(f'<a href="{base}book/chapters/03_asm_highpass.ipynb">Colab</a> '
+                    f'<a href="https://github.com/o/r">repository</a> <a href="_sources/03_asm_highpass.ipynb">download</a>')
+    assert point_launch_links_at_sources(tmp_path) == 1
+    text = page.read_text()
+    assert f'{base}notebooks/03_asm_highpass.ipynb' in text and "book/chapters" not in text
+    assert '_sources/03_asm_highpass.ipynb' in text and 'https://github.com/o/r"' in text
+    assert (root / "notebooks" / "03_asm_highpass.ipynb").exists()
+    assert point_launch_links_at_sources(tmp_path) == 0        # idempotent

@@ -190,10 +190,32 @@ def build_html(book_path: Path | None = None) -> Path:
     if res.returncode != 0:
         raise ChapterError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
     html_dir = book_path / "_build" / "html"
+    point_launch_links_at_sources(html_dir)
     # MathJax is served from the build (book/_extra/mathjax, copied by Sphinx's html_extra_path).
     if not (html_dir / "mathjax" / "tex-mml-chtml.js").exists():
         raise ChapterError(f"MathJax is missing from {html_dir / 'mathjax'}; the book would not render math offline")
     return html_dir
+
+
+_EXECUTED_NOTEBOOK_LINK = re.compile(r"(https://colab\.research\.google\.com/github/[^\"'\s]+?/blob/[^/\"'\s]+/)"
+                                     r"book/chapters/([\w.-]+\.ipynb)")
+
+
+def point_launch_links_at_sources(html_dir: Path) -> int:
+    """Point the pages' Colab launch links at the chapter sources in ``notebooks/``.
+
+    jupyter-book links a page to its own file, ``book/chapters/<chapter>.ipynb``: an executed copy that is
+    not in the repository (git ignores it), so the link would 404. The source in ``notebooks/`` runs as is on
+    Colab (its first cell installs aconvlib). Returns the number of links rewritten.
+    """
+    n = 0
+    for page in Path(html_dir).rglob("*.html"):
+        text = page.read_text(errors="replace")
+        new, k = _EXECUTED_NOTEBOOK_LINK.subn(r"\1notebooks/\2", text)
+        if k:
+            page.write_text(new)
+            n += k
+    return n
 
 
 class _ResourceFinder(html.parser.HTMLParser):
