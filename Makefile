@@ -2,11 +2,13 @@
 #   make book   set up .venv if needed, execute every chapter (smoke profile, embedded models)
 #               with papermill, build the offline HTML book into book/_build/html
 #   make test   set up .venv if needed, then everything CI checks: the chapters + book build +
-#               offline check, the non-editable install check, then every test (slow ones included)
+#               offline check, the regression comparison of the chapters' recorded numbers with
+#               data/regression/smoke.json, `make ci-real`, the non-editable install check, then every
+#               test (slow ones included)
 #   make unit   the fast tests only (pytest's default deselects those marked slow)
 #   make ci-real every chapter's `full` code on the CPU against tiny random-weight checkpoints in the published
 #               hub layouts (built into $(HUB_FIXTURES)); executed chapters go to runs/ci-real/chapters, the
-#               book's own chapters stay as the smoke run left them (not yet part of `make test`: see issue 12)
+#               book's own chapters stay as the smoke run left them
 # Both are idempotent: the environment is installed once (stamp file) and reused.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -39,6 +41,7 @@ unit: $(STAMP)
 test: $(STAMP)
 	$(BIN)/aconv book --profile smoke
 	$(BIN)/aconv regress --profile smoke --no-execute
+	$(MAKE) ci-real
 	bash scripts/check_install.sh
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 
