@@ -218,3 +218,19 @@ def test_real_comparison_on_the_fixture_hub(fixture_hub, tmp_path):
     text = "\n".join(rep.lines)
     assert "no distilled ΔConv adapter" in text and "no distilled LinFusion adapter" in text
     assert "CLIP metric not computed" in text and "FDD not computed" in text
+
+
+def test_block_frame_states_the_stored_benchmarks_ratios():
+    from aconvlib.mixers.benchmark import block_frame
+
+    row = dict(model="m", px=1024, mode="fwd", sdpa_ms=3.0, torch_ms=2.0, triton_ms=0.5, sdpa_peak_mib=100.0,
+               triton_peak_mib=40.0)
+    skipped = dict(model="m", px=2048, mode="fwd", sdpa_ms=None, torch_ms=5.0, triton_ms=1.0)   # SDPA not timed
+    f = block_frame({"rows": [row, skipped, dict(row, mode="fwdbwd", triton_ms=3.0, triton_peak_mib=None)]})
+    assert list(f.index) == [("m", 1024, "fwd"), ("m", 1024, "fwdbwd")]
+    r = f.loc[("m", 1024, "fwd")]
+    assert (r["triton_speedup"], r["triton_peak_vs_sdpa"], r["triton_over_torch"]) == (6.0, 0.4, 4.0)
+    assert f.loc[("m", 1024, "fwdbwd"), "triton_peak_vs_sdpa"] != f.loc[("m", 1024, "fwdbwd"), "triton_peak_vs_sdpa"]  # NaN
+    assert block_frame({"rows": [dict(row, sdpa_ms=1 / 3)]}).loc[("m", 1024, "fwd"), "sdpa_ms"] == 0.3333  # 4 digits
+    with pytest.raises(ValueError, match="no row with both"):
+        block_frame({"rows": [skipped]})

@@ -322,3 +322,13 @@ def test_runner_passes_the_records_file_to_the_kernel(book, capsys):
     executed = nbformat.read(book / "book" / "chapters" / "01_alpha.ipynb", 4)
     assert "x is 5.0" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert main(["regress", "--no-execute", "01"]) == 0
+
+
+def test_messages_show_a_long_table_by_its_first_elements():
+    from aconvlib.book.regression import _fmt
+
+    table = {f"layer{i}": float(i) for i in range(40)}
+    text = _fmt(table, short=False)
+    assert text.startswith("{[layer0]: 0, [layer1]: 1") and text.endswith("… (40 values in all)}")
+    assert "layer6" not in text and len(text) < 200
+    assert _fmt({"a": 1.5, "b": 2.0}, short=False) == "{a: 1.5, b: 2}"      # short tables stay whole

@@ -66,6 +66,9 @@ def _now() -> str:
 
 # ------------------------------------------------------------------------------------------ formatting
 
+_MESSAGE_LEAVES = 12   # a new or missing table longer than this is shown by its first elements in messages
+
+
 def _fmt(v: Any, short: bool = True) -> str:
     """A value for a table cell (short) or a message (enough digits to see a difference)."""
     if isinstance(v, bool) or v is None:
@@ -78,6 +81,9 @@ def _fmt(v: Any, short: bool = True) -> str:
         s = json.dumps(v, ensure_ascii=False)
         return s if len(s) <= 32 or not short else s[:30] + "…\""
     leaves = flatten(v)
+    if not short and len(leaves) > _MESSAGE_LEAVES:   # a message names a few elements, not a whole table
+        head = ", ".join(f"{k}: {_fmt(x)}" for k, x in list(leaves.items())[:_MESSAGE_LEAVES // 2])
+        return "{" + head + f", … ({len(leaves)} values in all)}}"
     if not short or len(leaves) <= 4:
         inner = ", ".join(f"{k.strip('[]') if k.count('[') == 1 else k}: {_fmt(x)}" for k, x in leaves.items())
         text = "{" + inner + "}" if isinstance(v, dict) else "[" + ", ".join(_fmt(x) for x in leaves.values()) + "]"

@@ -290,6 +290,27 @@ PAPER_TABLE2_KEYS = {"sdpa": "self_attention", "window": "ditfastattn", "linear"
                      "deltaconv_k25_torch": "deltaconv_k25_torch", "deltaconv_k25_triton": "deltaconv_k25_triton"}
 
 
+def block_frame(result: dict):
+    """A stored block benchmark (``bench_<device>.json`` of :func:`main`) as a frame indexed by (model, px, mode):
+    SDPA and Triton ms, Triton's speed-up over SDPA, its peak memory relative to SDPA's, and its speed-up over
+    the plain PyTorch block (the quantities chapter 6 states), rounded to 4 significant digits."""
+    import pandas as pd
+
+    rows = []
+    for r in result["rows"]:
+        if not (r.get("sdpa_ms") and r.get("triton_ms")):
+            continue
+        rows.append({"model": r["model"], "px": int(r["px"]), "mode": r["mode"], "sdpa_ms": r["sdpa_ms"],
+                     "triton_ms": r["triton_ms"], "triton_speedup": r["sdpa_ms"] / r["triton_ms"],
+                     "triton_peak_vs_sdpa": (r["triton_peak_mib"] / r["sdpa_peak_mib"]
+                                             if r.get("triton_peak_mib") and r.get("sdpa_peak_mib") else float("nan")),
+                     "triton_over_torch": r["torch_ms"] / r["triton_ms"] if r.get("torch_ms") else float("nan")})
+    if not rows:
+        raise ValueError("the benchmark result has no row with both SDPA and Triton timings")
+    frame = pd.DataFrame(rows).set_index(["model", "px", "mode"]).sort_index()
+    return frame.apply(lambda c: c.map(lambda v: float(f"{v:.4g}")))
+
+
 def parse_size(size) -> tuple[int, int]:
     """``512`` or ``"512"`` -> (512, 512); ``"1440x2560"`` -> (1440, 2560) (H×W px)."""
     if isinstance(size, (tuple, list)):
