@@ -158,3 +158,38 @@ def test_out_dir_keeps_the_book_chapters_apart(tmp_path):
         run_book(["00"], "smoke", build=True, out_dir=tmp_path)
     assert main(["book", "00", "--out-dir", str(tmp_path)]) == 1   # usage error (needs --no-build), before any work
     assert not any(tmp_path.iterdir())
+
+
+def test_aconv_book_refreshes_the_regression_report_between_execution_and_build(monkeypatch, tmp_path, capsys):
+    """The appendix shows the comparison of the chapters just executed: `aconv book` writes the report after
+    executing and before building (and only reports drift; `aconv regress` is what fails on it)."""
+    from aconvlib.book import regression, runner
+    from aconvlib.cli import book as cli_book
+    from aconvlib.cli import main
+
+    calls, refresh = [], cli_book.refresh_regression_report
+    monkeypatch.setattr(runner, "execute_chapter", lambda path, *a, **k: calls.append(("execute", path.stem)))
+    monkeypatch.setattr(runner, "build_html", lambda: calls.append(("build",)) or tmp_path)
+    monkeypatch.setattr(runner, "check_offline", lambda html: calls.append(("check",)))
+    monkeypatch.setattr(cli_book, "refresh_regression_report", lambda profile: calls.append(("report", profile)))
+    assert main(["book", "00", "--profile", "smoke"]) == 0
+    assert calls == [("execute", "00_models"), ("report", "smoke"), ("build",), ("check",)]
+    calls.clear()
+    assert main(["book", "00", "--no-build"]) == 0
+    assert calls == [("execute", "00_models")]                   # no build, no report
+
+    # the report itself: written from the executed records, drift printed, not raised
+    seen = {}
+
+    def fake_run(profile, selection, execute, echo):
+        seen.update(profile=profile, selection=selection, execute=execute)
+        return type("C", (), {"summary": lambda self: "2 records in 1 chapters: 1 failing (1 drift)"})(), []
+    monkeypatch.setattr(regression, "run_regression", fake_run)
+    monkeypatch.setattr(regression, "references_path", lambda profile, root=None: tmp_path / f"{profile}.json")
+    capsys.readouterr()
+    refresh("smoke")
+    assert "no references for profile 'smoke'" in capsys.readouterr().out and not seen
+    (tmp_path / "smoke.json").write_text("{}")
+    refresh("smoke")
+    assert seen == {"profile": "smoke", "selection": None, "execute": False}
+    assert "1 failing (1 drift)" in capsys.readouterr().out

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -266,12 +267,14 @@ def check_offline(html_dir: Path | None = None) -> None:
 
 
 def run_book(selection: list[str] | None = None, profile: str = "smoke", build: bool = True,
-             extra: dict | None = None, out_dir: Path | None = None) -> Path | None:
+             extra: dict | None = None, out_dir: Path | None = None,
+             before_build: Callable[[], None] | None = None) -> Path | None:
     """Execute the selected chapters under ``profile``, then build and check the HTML book.
 
     ``out_dir`` sends the executed notebooks (and their records) elsewhere than ``book/chapters`` (e.g.
     ``runs/ci-real/chapters``), leaving the book's chapters untouched; the HTML is built only from
-    ``book/chapters``, so ``build`` must be False then.
+    ``book/chapters``, so ``build`` must be False then. ``before_build`` runs between execution and the
+    build (``aconv book`` refreshes the regression report there, so the appendix shows this run).
     """
     if out_dir is not None and build:
         raise ChapterError("chapters executed into another folder (out_dir) are not part of the book: "
@@ -280,6 +283,8 @@ def run_book(selection: list[str] | None = None, profile: str = "smoke", build: 
         execute_chapter(path, profile, out_dir=out_dir, extra=extra)
     if not build:
         return None
+    if before_build is not None:
+        before_build()
     html_dir = build_html()
     check_offline(html_dir)
     print(f"[aconv] book built: {html_dir / 'index.html'} (no external resources)")

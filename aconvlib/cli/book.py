@@ -27,7 +27,22 @@ def _book(a) -> None:
         from .options import UsageError
 
         raise UsageError("--out-dir writes the executed chapters outside the book: add --no-build")
-    run_book(a.chapters, a.profile, not a.no_build, _params(a.param), Path(a.out_dir) if a.out_dir else None)
+    run_book(a.chapters, a.profile, not a.no_build, _params(a.param), Path(a.out_dir) if a.out_dir else None,
+             before_build=lambda: refresh_regression_report(a.profile))
+
+
+def refresh_regression_report(profile: str) -> None:
+    """Compare the executed chapters' records with the profile's references, if there are any, and write the
+    report the book's appendix includes; drift is reported here, not raised (``aconv regress`` fails on it)."""
+    from ..book.regression import references_path, run_regression
+    from ..book.runner import book_root
+
+    if not references_path(profile, book_root()).exists():
+        print(f"[aconv] regression: no references for profile {profile!r}; the appendix keeps its last report "
+              f"(`aconv regress --profile {profile} --update` records them)")
+        return
+    comp, _ = run_regression(profile, None, execute=False, echo=lambda *_: None)
+    print(f"[aconv] regression: {comp.summary()} (in the book's appendix; `aconv regress` fails on drift)")
 
 
 def register(sub) -> None:
