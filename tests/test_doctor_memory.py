@@ -16,7 +16,7 @@ def test_check_memory_refuses_an_over_budget_run_with_the_numbers(empty_hub):
         book_setup.check_memory(["sdxl"], "cuda", "float16", height=1024, width=1024, batch_size=2,
                                 available=4 * 2**30)
     msg = str(e.value)
-    assert "sdxl on cuda in float16" in msg and est.describe() in msg and "4.0 GiB are free" in msg
+    assert "sdxl on cuda in float16" in msg and est.describe() in msg and "4.0 GiB are available (the figure passed as `available`)" in msg
     assert "batch_size (now 2)" in msg and "README" in msg
     ok = book_setup.check_memory(["sd15"], "cuda", "float16", height=512, width=512, available=64 * 2**30)
     assert ok["sd15"].total < 64 * 2**30
@@ -27,7 +27,7 @@ def test_a_locality_chapter_refuses_before_loading_anything(empty_hub, monkeypat
 
     from aconvlib.book import budget
 
-    monkeypatch.setattr(budget, "available_bytes", lambda device: 2 * 2**30)
+    monkeypatch.setattr(budget, "available_memory", lambda device: budget.MemoryFigure(2 * 2**30, "test"))
     monkeypatch.setattr(studies, "capture_study", lambda *a, **k: pytest.fail("capture started before the check"))
     with pytest.raises(MemoryBudgetError, match="pixart-sigma-512"):
         book_setup.locality_studies(["pixart-sigma-512"], device="cuda", dtype="float16", output_dir=tmp_path)
@@ -67,3 +67,52 @@ def test_doctor_without_checkpoints(empty_hub, capsys):
     assert all(lines[m][1] == "no" and lines[m][-1] == "no" for m in REAL), out
     ch = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  0")}
     assert ch["02_attention_maps"] == "no" and ch["00_models"] == "yes" and ch["06_deltaconv_block"] == "yes"
+
+
+# --- issue 19.1: the CPU figure is MemAvailable, not MemFree -------------------------------------------------
+FAKE_MEMINFO = """MemTotal:       24576000 kB
+MemFree:         3460000 kB
+MemAvailable:   23068672 kB
+Buffers:          102400 kB
+Cached:         19000000 kB
+"""
+
+
+def test_host_memory_is_memavailable_not_memfree(tmp_path):
+    from aconvlib.book.budget import host_available_memory
+
+    f = tmp_path / "meminfo"
+    f.write_text(FAKE_MEMINFO)
+    fig = host_available_memory(f, cgroup=None)
+    assert fig.bytes == 23068672 * 1024            # 22 GiB available, although only 3.3 GiB are "free"
+    assert "MemAvailable" in fig.source and str(f) in fig.source
+
+
+def test_a_cgroup_limit_below_memavailable_is_honoured(tmp_path):
+    from aconvlib.book.budget import host_available_memory
+
+    (tmp_path / "meminfo").write_text(FAKE_MEMINFO)
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    (cg / "memory.max").write_text(str(8 * 2**30) + "\n")
+    (cg / "memory.current").write_text(str(2 * 2**30) + "\n")
+    fig = host_available_memory(tmp_path / "meminfo", cgroup=cg)
+    assert fig.bytes == 6 * 2**30 and "memory.max" in fig.source
+    (cg / "memory.max").write_text("max\n")
+    assert host_available_memory(tmp_path / "meminfo", cgroup=cg).bytes == 23068672 * 1024
+
+
+def test_the_refusal_on_the_cpu_uses_and_names_memavailable(tmp_path, monkeypatch, empty_hub):
+    """The issue's case: 6.9 GiB needed, 3.3 GiB MemFree, 22 GiB MemAvailable → the run goes ahead; with a
+    MemAvailable below the need, the refusal says which figure it used."""
+    from aconvlib.book import budget
+
+    f = tmp_path / "meminfo"
+    f.write_text(FAKE_MEMINFO)
+    monkeypatch.setattr(budget, "available_memory", lambda device: budget.host_available_memory(f, cgroup=None))
+    est = estimate_run_bytes("sd15", "float32", 512, 512, batch=1, capture=True)
+    assert 3.5 * 2**30 < est.total < 22 * 2**30
+    assert "sd15" in budget.check_memory(["sd15"], "cpu", "float32", height=512, width=512)
+    f.write_text(FAKE_MEMINFO.replace("23068672", "2097152"))
+    with pytest.raises(MemoryBudgetError, match=r"2\.0 GiB are available \(MemAvailable in .*meminfo\)"):
+        budget.check_memory(["sd15"], "cpu", "float32", height=512, width=512)

@@ -28,21 +28,23 @@ def report() -> dict:
 
     out = {"versions": {m: _version(m) for m in ("aconvlib", "torch", "diffusers", "transformers", "accelerate",
                                                   "triton", "natten")}}
+    from ..book.budget import available_memory
+
     if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        out["device"] = {"type": "cuda", "name": torch.cuda.get_device_name(), "free_gib": free / 2**30,
-                         "total_gib": total / 2**30}
+        mem = available_memory("cuda")
+        out["device"] = {"type": "cuda", "name": torch.cuda.get_device_name(), "available_gib": mem.bytes / 2**30,
+                         "total_gib": torch.cuda.mem_get_info()[1] / 2**30, "memory_source": mem.source}
     else:
-        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
-        free = pages * os.sysconf("SC_PAGE_SIZE") if pages else 0
-        out["device"] = {"type": "cpu", "name": f"CPU, {os.cpu_count()} cores", "free_gib": free / 2**30}
+        mem = available_memory("cpu")
+        out["device"] = {"type": "cpu", "name": f"CPU, {os.cpu_count()} cores", "available_gib": mem.bytes / 2**30,
+                         "memory_source": mem.source}
     dtype = "float16" if out["device"]["type"] == "cuda" else "float32"
     rows = []
     for s in list_models():
         cached = True if s.embedded else not any(_not_in_cache(r) for r in (s.hub_id, s.components_from) if r)
         est = estimate_run_bytes(s.name, dtype, batch=1, capture=False).total / 2**30
         rows.append({"model": s.name, "cached": cached, "est_gib": est,
-                     "fits": cached and est < out["device"]["free_gib"]})
+                     "fits": cached and est < out["device"]["available_gib"]})
     out["models"] = rows
     return out
 
@@ -50,7 +52,7 @@ def report() -> dict:
 def _doctor(args) -> None:
     r = report()
     d = r["device"]
-    print(f"device: {d['name']} ({d['type']}), free memory {d['free_gib']:.1f} GiB")
+    print(f"device: {d['name']} ({d['type']}), memory a run can use {d['available_gib']:.1f} GiB ({d['memory_source']})")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()))
     print(f"{'model':<20} {'weights here':<13} {'est. GiB (batch 1, CFG)':>24}  runnable here")
     for m in r["models"]:

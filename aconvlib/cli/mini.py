@@ -16,20 +16,31 @@ def _train(args) -> None:
 
 
 def _generate(args) -> None:
+    import sys
+    import warnings
+
     import torch
 
     from ..mini.dataset import image_grid
     from ..mini.models import make_scheduler
+    from ..mini.pipeline import PromptWarning, prompt_problems
     from ..models import load_pipeline
 
     if not Path(args.out).resolve().parent.is_dir():
         raise UsageError(f"--out: folder {Path(args.out).resolve().parent} does not exist")
     pipe = load_pipeline(args.model, device=args.device)
+    problems = prompt_problems(pipe.tokenizer, [args.prompt]) if hasattr(pipe, "unknown_words") else []
+    if problems and not args.allow_unknown_words:
+        raise UsageError(f"--prompt: {'; '.join(problems)}. Pass --allow-unknown-words to generate anyway.")
     if args.scheduler != "dpm":
         pipe.scheduler = make_scheduler(args.scheduler, dict(pipe.scheduler.config))
     g = torch.Generator("cpu").manual_seed(args.seed)
-    out = pipe([args.prompt] * args.n, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-               generator=g, height=args.px, width=args.px, output_type="pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptWarning)   # said once below, not as a Python warning
+        out = pipe([args.prompt] * args.n, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                   generator=g, height=args.px, width=args.px, output_type="pt")
+    for p in problems:
+        print(f"aconv generate: warning: {p}", file=sys.stderr)
     image_grid(out.images, nrow=min(args.n, 8), pad=0 if args.n == 1 else 2).save(args.out)
     print(args.out)
 
@@ -65,6 +76,9 @@ def register(sub) -> None:
     g.add_argument("--n", type=positive(), default=1, help="images (tiled into one PNG)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")
+    g.add_argument("--allow-unknown-words", action="store_true",
+                   help="embedded models: generate even if the prompt has words outside their vocabulary "
+                        "(they are dropped); without it such a prompt is an error")
     g.set_defaults(func=_generate)
     e = sub.add_parser("evaluate", help="prompt adherence and FDD analogue of an embedded model")
     e.add_argument("--model", default="mini-sd", choices=["mini-sd", "mini-dit"])

@@ -75,6 +75,13 @@ def parse_caption(text: str) -> list[SceneObject]:
     return objs
 
 
+def describe_vocabulary() -> str:
+    """What the embedded models understand, by kind (for error messages and the book)."""
+    return (f"shapes: {', '.join(SHAPES)}; colours: {', '.join(COLORS)}; sizes: {', '.join(SIZES)}; "
+            f"positions: {', '.join(POSITIONS)}; and the words 'a', 'at', 'the', 'and' "
+            "(e.g. 'a small red circle at the top left and a large blue ring at the bottom')")
+
+
 def vocabulary() -> list[str]:
     """All words of the caption grammar, sorted."""
     words = {"a", "at", "the", "and", *SIZES, *COLORS, *SHAPES}

@@ -23,6 +23,27 @@ from .models import LATENT_CHANNELS, LATENT_FACTOR, denoise, from_latent
 from .tokenizer import WordTokenizer
 
 
+class PromptWarning(UserWarning):
+    """A prompt an embedded model cannot read whole: words outside its vocabulary (read as ``<unk>``) or more
+    words than its text encoder takes (cut off)."""
+
+
+def prompt_problems(tokenizer: WordTokenizer, prompts) -> list[str]:
+    """One line per problem of ``prompts`` for this tokenizer (empty when the model reads them whole)."""
+    from .dataset import describe_vocabulary
+
+    out = []
+    unknown = tokenizer.unknown_words(prompts)
+    if unknown:
+        out.append(f"the embedded models do not know the word(s) {', '.join(repr(w) for w in unknown)} (each is "
+                   f"read as <unk>, so the image will not show it); they understand {describe_vocabulary()}")
+    room = tokenizer.model_max_length - 2
+    longest = max((len(tokenizer.words(p)) for p in ([prompts] if isinstance(prompts, str) else prompts)), default=0)
+    if longest > room:
+        out.append(f"a prompt has {longest} words but the text encoder reads only the first {room}: the rest is cut")
+    return out
+
+
 @dataclass
 class MiniPipelineOutput:
     images: object
@@ -94,6 +115,19 @@ class MiniPipeline:
         return cls(den.eval(), te.eval(), WordTokenizer.from_pretrained(path / "tokenizer"), sched).to(device)
 
     # -- sampling ----------------------------------------------------------------------------------------
+    def unknown_words(self, prompts) -> list[str]:
+        """Words of ``prompts`` this model's closed vocabulary does not hold (each would be read as ``<unk>``)."""
+        return self.tokenizer.unknown_words(prompts)
+
+    def warn_prompt_problems(self, prompts) -> None:
+        """Warn (:class:`PromptWarning`) when a prompt has words the model cannot read or more words than it
+        takes, naming them and listing what it understands. ``aconv generate`` makes this an error unless
+        ``--allow-unknown-words``."""
+        import warnings
+
+        for problem in prompt_problems(self.tokenizer, prompts):
+            warnings.warn(problem, PromptWarning, stacklevel=3)
+
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """(B, L, D) text states of the last text-encoder layer."""
@@ -106,6 +140,9 @@ class MiniPipeline:
                  height: int = 64, width: int = 64, negative_prompt=None, num_images_per_prompt: int = 1,
                  latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        self.warn_prompt_problems(prompts + ([] if negative_prompt is None else
+                                           [negative_prompt] if isinstance(negative_prompt, str)
+                                           else list(negative_prompt)))
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         mult = LATENT_FACTOR * (self.denoiser.config.patch_size if self.family == "dit" else 1)
         if height % mult or width % mult:

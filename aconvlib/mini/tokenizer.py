@@ -36,9 +36,21 @@ class WordTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @staticmethod
+    def words(text: str) -> list[str]:
+        """The words of a caption as the tokenizer splits them (lower case; commas are separators)."""
+        return text.lower().replace(",", " ").split()
+
+    def unknown_words(self, text) -> list[str]:
+        """Words of ``text`` (a string or a list of strings) outside the vocabulary, in order, without repeats.
+
+        The model sees each of them as ``<unk>``: for the embedded models, that word is lost."""
+        texts = [text] if isinstance(text, str) else list(text)
+        return list(dict.fromkeys(w for t in texts for w in self.words(t) if w not in self.index or w in SPECIAL))
+
     def encode(self, text: str) -> list[int]:
         """Ids of one caption with bos/eos, truncated to ``model_max_length``, not padded."""
-        ids = [self.index.get(w, self.unk_token_id) for w in text.lower().replace(",", " ").split()]
+        ids = [self.index.get(w, self.unk_token_id) for w in self.words(text)]
         return [self.bos_token_id] + ids[: self.model_max_length - 2] + [self.eos_token_id]
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:

@@ -576,6 +576,9 @@ class AcceleratedDistiller(RunLoop):
     def state(self) -> dict:
         return self.state_dict_for_checkpoint()
 
+    def _is_main_process(self) -> bool:
+        return self.is_main
+
     def load_state(self, s: dict) -> None:
         where = str(self.out / "ckpt.pt")
         check_resume(s, self.identity, self.cfg, self.run_cfg, where)

@@ -91,11 +91,24 @@ class RunLoop:
 
     # ------------------------------------------------------------------ the loop
     def resume_from_checkpoint(self) -> bool:
-        """Load ``<out>/ckpt.pt`` if it exists; return whether it did."""
+        """Load ``<out>/ckpt.pt`` if it exists; return whether it did. Either way it says so on stderr (one line):
+        ``resuming <out>/ckpt.pt at step N`` or ``no checkpoint in <out> (ckpt.pt): starting from step 0`` — a
+        ``--resume`` that found nothing must not look like a resumed run (``aconv train`` and ``aconv distill``)."""
+        import sys
+
         path = self.out / "ckpt.pt"
         if not path.exists():
+            if self._is_main_process():
+                print(f"{self.desc}: --resume: no checkpoint in {self.out} (ckpt.pt): starting from step 0",
+                      file=sys.stderr, flush=True)
             return False
         self.load_state(torch.load(path, map_location="cpu", weights_only=False))
+        if self._is_main_process():
+            print(f"{self.desc}: resuming {path} at step {self.step}", file=sys.stderr, flush=True)
+        return True
+
+    def _is_main_process(self) -> bool:
+        """Whether this process prints run messages (data-parallel tasks override it: only rank 0 does)."""
         return True
 
     def save(self) -> None:

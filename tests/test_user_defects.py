@@ -1,0 +1,81 @@
+"""Issue 19: defects a new user meets — each was a silent wrong answer or an unexplained refusal."""
+import warnings
+
+import pytest
+
+from aconvlib.cli import main
+
+
+# --- 19.2: words the embedded models do not know ------------------------------------------------------------
+def test_tokenizer_names_unknown_words():
+    from aconvlib.mini.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.for_grammar()
+    assert tok.unknown_words("a hexagon at the top") == ["hexagon"]
+    assert tok.unknown_words(["a small red circle at the top left", "a large blue ring, at the bottom"]) == []
+    assert tok.unknown_words(["a Purple hexagon", "a purple ring"]) == ["purple", "hexagon"]
+    assert tok.unknown_words("<unk> <pad>") == ["<unk>", "<pad>"]
+
+
+def test_generate_refuses_unknown_words_naming_them_and_the_vocabulary(tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "mini-sd", "--prompt", "a hexagon at the top", "--steps", "1",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "'hexagon'" in err and "circle" in err and "magenta" in err and "top left" in err and "small" in err
+    assert "--allow-unknown-words" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_generate_goes_on_with_the_flag_and_says_what_it_dropped(tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "mini-sd", "--prompt", "a hexagon at the top", "--steps", "1",
+                 "--out", str(out), "--allow-unknown-words"]) == 0
+    assert out.exists() and "warning" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_prompt_longer_than_the_text_encoder(tmp_path, capsys):
+    long = " and ".join(["a small red circle at the top left"] * 4)    # 35 words, the encoder reads 22
+    assert main(["generate", "--model", "mini-sd", "--prompt", long, "--steps", "1",
+                 "--out", str(tmp_path / "x.png")]) == 1
+    assert "reads only the first 22" in capsys.readouterr().err
+
+
+def test_the_python_pipeline_warns_on_unknown_words():
+    import torch
+
+    from aconvlib.mini.pipeline import PromptWarning
+    from aconvlib.models import load_pipeline
+
+    pipe = load_pipeline("mini-dit")
+    with pytest.warns(PromptWarning, match="'hexagon'.*they understand shapes: circle"):
+        pipe("a hexagon", num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="pt")
+    with pytest.warns(PromptWarning, match="'ugly'"):
+        pipe("a red ring", negative_prompt="ugly", num_inference_steps=1, output_type="pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptWarning)   # a prompt of the grammar: no warning
+        pipe("a large green ring at the right", num_inference_steps=1, output_type="pt")
+
+
+# --- 19.3: --resume with nothing to resume ----------------------------------------------------------------------
+def test_train_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "classifier", "--steps", "1", "--batch", "2", "--warmup", "1",
+                 "--sample-every", "0", "--eval-images", "4", "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"no checkpoint in {out} (ckpt.pt): starting from step 0" in err
+    assert main(["train", "--model", "classifier", "--steps", "2", "--batch", "2", "--warmup", "1",
+                 "--sample-every", "0", "--eval-images", "4", "--out", str(out), "--resume"]) == 0
+    assert f"resuming {out / 'ckpt.pt'} at step 1" in capsys.readouterr().err
+
+
+def test_distill_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["distill", "--model", "mini-sd", "--steps", "1", "--batch", "2", "--warmup", "1", "--device", "cpu",
+            "--out", str(out), "--resume"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"no checkpoint in {out} (ckpt.pt): starting from step 0" in err
+    args[args.index("--steps") + 1] = "2"
+    assert main(args) == 0
+    assert f"resuming {out / 'ckpt.pt'} at step 1" in capsys.readouterr().err
