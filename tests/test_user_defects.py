@@ -79,3 +79,53 @@ def test_distill_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path
     args[args.index("--steps") + 1] = "2"
     assert main(args) == 0
     assert f"resuming {out / 'ckpt.pt'} at step 1" in capsys.readouterr().err
+
+
+# --- 19.4: found trying the commands as a new user ----------------------------------------------------------
+@pytest.mark.parametrize("args, says", [
+    (["--px", "30", "--model", "mini-dit"], "multiples of 4 px, got 30"),               # was a ValueError traceback
+    (["--px", "4000"], "GiB are available (MemAvailable"),                             # ran for hours / OOM
+    (["--device", "gpu"], "unknown device 'gpu'"),                                     # RuntimeError traceback
+    (["--guidance-scale", "-3"], "expected a number >= 0"),                            # silently ran without CFG
+    (["--out", "x.jpgx"], "unknown image extension '.jpgx'"),                          # traceback after sampling
+    (["--out", "."], "is a folder"),                                                   # traceback after sampling
+])
+def test_generate_refuses_bad_arguments_in_one_line_before_any_work(args, says, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    import aconvlib.models as models
+
+    monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("work started before the check"))
+    try:
+        code = main(["generate", "--prompt", "a red circle", "--steps", "1", *args])
+    except SystemExit as e:   # argparse's usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and says in err and "Traceback" not in err, err
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_refused_by_every_run_command(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for cmd in (["generate", "--prompt", "a red circle"], ["evaluate"], ["train"], ["distill"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--device", "cuda"])
+        assert e.value.code == 2
+        assert "CUDA is not available here" in capsys.readouterr().err, cmd
+
+
+def test_distill_refuses_bad_image_sizes_before_any_work(tmp_path, capsys):
+    assert main(["distill", "--model", "mini-sd", "--image-sizes", "30", "--steps", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "--image-sizes" in err and "multiples of 16" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("sizes, says", [(["0"], "sizes must be positive"), (["4"], "smaller than one token"),
+                                         (["512x256"], "square frames")])
+def test_bench_blocks_refuses_bad_sizes(sizes, says, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["bench-blocks", "--device", "cpu", "--models", "sd15-top", "--out", str(tmp_path), "--sizes", *sizes])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -64,7 +64,7 @@ MAX_ELEMENTS = 2000          # "small tables": a record is meant to be read in a
 SUFFIX = ".records.json"
 
 __all__ = ["FORMAT", "Recorder", "current", "environment", "flatten", "format_tolerance", "load_sidecar",
-           "matches", "model_fingerprints", "record", "records_path_for", "set_chapter", "start", "to_jsonable",
+           "matches", "model_fingerprints", "record", "record_verdict", "records_path_for", "set_chapter", "start", "to_jsonable",
            "write_json"]
 
 
@@ -225,6 +225,21 @@ class Recorder:
         self.chapter, self.profile = chapter, profile
         self.path = Path(path) if path else None
         self.records: dict[str, dict] = {}
+        self.verdicts: dict[str, dict] = {}
+
+    def verdict(self, v) -> str:
+        """Record a :class:`~aconvlib.analysis.evidence.Verdict`: its word (``holds`` / ``fails`` /
+        ``not testable here``) as the exact record ``verdict/<claim>/<model>`` (a flip is a regression), and the
+        whole verdict (deciding numbers, n, baseline, what would test it) in the sidecar's ``verdicts``, which
+        the verdict table reads. The deciding numbers are recorded by the chapter with their own tolerances.
+        Returns :meth:`Verdict.sentence`."""
+        name = f"verdict/{v.claim}/{v.model}"
+        d = v.as_record()
+        d["chapter"] = d.get("chapter") or self.chapter or ""
+        self.verdicts.pop(name, None)
+        self.verdicts[name] = to_jsonable(d, name)
+        self.record(name, v.verdict)
+        return v.sentence()
 
     def record(self, name: str, value: Any, *, rtol: float = 0.0, atol: float = 0.0,
                reason: Optional[str] = None) -> Any:
@@ -269,7 +284,7 @@ class Recorder:
         return {"format": FORMAT, "chapter": self.chapter, "profile": self.profile,
                 "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "environment": environment(), "models": model_fingerprints(list(self.records)),
-                "records": self.records}
+                "records": self.records, "verdicts": self.verdicts}
 
     def save(self, path: Optional[str | Path] = None) -> Path:
         path = Path(path or self.path)
@@ -294,6 +309,11 @@ def current() -> Recorder:
     if _CURRENT is None:
         return start()
     return _CURRENT
+
+
+def record_verdict(v) -> str:
+    """Record a :class:`~aconvlib.analysis.evidence.Verdict` (see :meth:`Recorder.verdict`); returns its sentence."""
+    return current().verdict(v)
 
 
 def record(name: str, value: Any, *, rtol: float = 0.0, atol: float = 0.0, reason: Optional[str] = None) -> Any:

@@ -21,7 +21,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from .options import UsageError, add_config_flags, config_from_args, known_model
+from .options import UsageError, add_config_flags, config_from_args, device_arg, known_model
 
 HELP = {"feature_weight": "β of the feature loss", "kernel_sizes": "paper | official | an odd integer",
         "init_adapter": "start from this saved adapter folder (re-distillation)",
@@ -82,6 +82,12 @@ def _run(a) -> None:
             if data.data or data.prompts:
                 raise UsageError(f"{model} distills on its procedural dataset: drop --data/--prompts "
                                  "(they are for real models: sd15, sdxl, pixart-sigma-*, hub ids)")
+            from ..mini.distill import check_image_sizes
+
+            try:
+                check_image_sizes(cfg.image_sizes)
+            except ValueError as e:
+                raise UsageError(f"--image-sizes: {e}") from None
             summary = distill_mini(model, out, device, a.resume, run=run, **asdict(cfg))
         else:
             summary = distill_model(model, out, cfg=cfg, run=run, data=data, device=device, resume=a.resume)
@@ -105,7 +111,7 @@ def register(sub) -> None:
     p.add_argument("--recipe", default=None, help="recipe file (recipes/<model>.yaml); flags override it")
     p.add_argument("--variant", default=None, help="a variant of the recipe (e.g. single-gpu)")
     p.add_argument("--out", default=None, help="run folder (default runs/distill-<model>)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--device", default="auto", type=device_arg(allow_auto=True), help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
     p.set_defaults(func=_run, distill_fields=add_config_flags(p, DistillConfig, help=HELP),
                    run_fields=add_config_flags(p, RunConfig, help=HELP),

@@ -99,3 +99,63 @@ def latent_grid(spec, px: int) -> tuple[int, int]:
         return spec.latent_grid(px, px)
     except ValueError as e:
         raise UsageError(f"--px: {e}") from None
+
+
+def device_arg(allow_auto: bool = False):
+    """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``auto`` if allowed).
+
+    A device that does not exist here is refused at parse time with the reason (a CPU-only torch build, too few
+    GPUs), instead of a traceback from deep inside the first ``.to(device)``."""
+    def parse(v: str) -> str:
+        import torch
+
+        if allow_auto and v == "auto":
+            return v
+        try:
+            dev = torch.device(v)
+        except (RuntimeError, ValueError):
+            raise argparse.ArgumentTypeError(
+                f"unknown device {v!r}: use cpu, cuda, cuda:N or mps{' (or auto)' if allow_auto else ''}") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                why = ("this torch build has no CUDA" if torch.version.cuda is None
+                       else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES?)")
+                raise argparse.ArgumentTypeError(f"{v!r}: CUDA is not available here ({why}); use --device cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise argparse.ArgumentTypeError(f"{v!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        elif dev.type == "mps" and not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{v!r}: Apple MPS is not available here; use --device cpu")
+        elif dev.type not in ("cpu", "cuda", "mps"):
+            raise argparse.ArgumentTypeError(f"unsupported device {v!r}: use cpu, cuda, cuda:N or mps")
+        return v
+    return parse
+
+
+def non_negative(kind=float):
+    """argparse type: a ``kind`` ≥ 0."""
+    def parse(v):
+        try:
+            x = kind(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}") from None
+        if not x >= 0:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}")
+        return x
+    return parse
+
+
+def image_path(v: str) -> str:
+    """argparse type: an output image path whose folder exists and whose extension PIL can write."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    p = Path(v)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{v!r} is a folder; give a file name such as {p / 'out.png'}")
+    Image.init()
+    if p.suffix.lower() not in Image.registered_extensions():
+        raise argparse.ArgumentTypeError(f"{v!r}: unknown image extension {p.suffix!r} (use .png, .jpg, .webp, ...)")
+    if not p.resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {p.resolve().parent} does not exist")
+    return v

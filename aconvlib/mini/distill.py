@@ -17,7 +17,7 @@ from ..training.distill import DistillConfig, Distiller, make_student, predictio
 from . import dataset
 from .models import to_latent
 
-__all__ = ["adapter_dir", "distill_batches", "distill_mini", "mini_prediction_gap", "read_log"]
+__all__ = ["adapter_dir", "check_image_sizes", "distill_batches", "distill_mini", "mini_prediction_gap", "read_log"]
 
 
 def distill_batches(pipe, batch: int, seed: int = 0, caption_dropout: float = 0.1, device="cpu",
@@ -27,9 +27,18 @@ def distill_batches(pipe, batch: int, seed: int = 0, caption_dropout: float = 0.
     Batch ``s`` holds dataset indices ``s·B … s·B+B−1`` rendered at ``image_sizes[s % len(image_sizes)]``
     px (deterministic, so a resumed run sees the batches it had not seen yet).
     """
+    check_image_sizes(image_sizes)   # now, not at the first batch (a generator would check it lazily)
+    return _batches(pipe, batch, seed, caption_dropout, device, start_step, tuple(image_sizes))
+
+
+def check_image_sizes(image_sizes: Sequence[int]) -> None:
+    """Refuse image sizes the embedded models cannot take (ValueError, one line)."""
     if not image_sizes or any(int(px) <= 0 or int(px) % 16 for px in image_sizes):
         raise ValueError(f"image_sizes must be positive multiples of 16 px (the mini models' latent and patch), "
-                         f"got {image_sizes!r}")
+                         f"got {tuple(image_sizes)!r}")
+
+
+def _batches(pipe, batch, seed, caption_dropout, device, start_step, image_sizes):
     gen = torch.Generator("cpu").manual_seed(seed + 7)
     step = start_step
     while True:
@@ -57,6 +66,7 @@ def distill_mini(model: str = "mini-sd", out="runs/distill-mini-sd", device="cpu
         raise ValueError(f"distill_mini works on the embedded models (mini-sd, mini-dit), not {model!r}; "
                          "for real models use aconvlib.training.distill_model (aconv distill --data/--prompts)")
     cfg = DistillConfig(**overrides)
+    check_image_sizes(cfg.image_sizes)
     if run is None:
         teacher = load_pipeline(model, device=device)
         student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter, kind=cfg.mixer)

@@ -146,7 +146,8 @@ def main(argv=None, prog=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: float16 on CUDA, float32 on CPU")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="px; default 512 1024 2048 4096 (CPU: 512 1024)")
+    ap.add_argument("--sizes", type=_square_px_arg, nargs="+", default=None,
+                    help="px; default 512 1024 2048 4096 (CPU: 512 1024)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     ap.add_argument("--impls", nargs="+", default=["sdpa", "torch", "triton"], choices=["sdpa", "torch", "triton"])
@@ -158,6 +159,13 @@ def main(argv=None, prog=None):
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     sizes = args.sizes or ([512, 1024, 2048, 4096] if device.type == "cuda" else [512, 1024])
+    for model in args.models:   # before any work: a size below one token would time an empty grid
+        f = MODELS[model]["px_per_token"]
+        small = [str(px) for px in sizes if px < f]
+        if small:
+            ap.error(f"--sizes: {', '.join(small)} px is smaller than one token of {model} ({f} px per token)")
+    if args.batch < 1:
+        ap.error(f"--batch: expected a positive int, got {args.batch}")
     if device.type == "cuda":
         dev_name = torch.cuda.get_device_name(device)
     else:
@@ -324,6 +332,14 @@ def parse_size(size) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise ValueError(f"sizes must be positive, got {size!r}")
     return h, w
+
+
+def _square_px_arg(text: str) -> int:
+    """argparse type of ``bench-blocks --sizes``: one positive px (square frames)."""
+    h, w = _size_arg(text)
+    if h != w:
+        raise argparse.ArgumentTypeError(f"bench-blocks times square frames: give one px, got {text!r}")
+    return h
 
 
 def _size_arg(text: str) -> tuple[int, int]:
