@@ -28,6 +28,7 @@ HELP = {"feature_weight": "β of the feature loss", "kernel_sizes": "paper | off
         "image_sizes": "mini models: px of the training batches, comma-separated, cycled per step",
         "betas": "AdamW betas, comma-separated", "batch": "global batch (all processes and accumulation steps)",
         "mixer": "deltaconv | linear",
+        "init": "fresh mixers start from: scratch | teacher (default: ΔConv scratch, linear teacher's attn1 q/k/v/out)",
         "mixed_precision": "no | bf16 | fp16", "weight_dtype": "frozen weights: auto | fp32 | bf16 | fp16",
         "data": "image folder, manifest (.jsonl/.json/.csv/.tsv) or tar shards (d-{000..009}.tar)",
         "prompts": "prompt file (.txt/.jsonl/.json/.csv): distill on teacher-generated latents",

@@ -69,7 +69,8 @@ def distill_mini(model: str = "mini-sd", out="runs/distill-mini-sd", device="cpu
     check_image_sizes(cfg.image_sizes)
     if run is None:
         teacher = load_pipeline(model, device=device)
-        student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter, kind=cfg.mixer)
+        student = make_student(teacher, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter, kind=cfg.mixer,
+                               init=cfg.init)
         batches = lambda start: distill_batches(teacher, cfg.batch, cfg.seed, cfg.caption_dropout, device, start,  # noqa: E731
                                                 cfg.image_sizes)
         return Distiller(teacher, student, batches, cfg, out, device, resume, quiet).run()

@@ -6,7 +6,10 @@
 
     pipe = to_mixer(pipe, "linear")                # LinFusion-style linear attention, from each attn1
     pipe = to_mixer(pipe, "window", window=9, mode="2d")      # training-free window attention
+    pipe = to_mixer(pipe, "none")                  # control: self-attention removed (attn1 outputs zeros)
+    pipe = to_mixer(pipe, "uniform")               # control: uniform attention (the mean of to_v, via to_out)
     restore_attention(pipe)                        # the original attn1 modules back
+    with mixer_applied(pipe, "uniform"): ...       # converted inside the block, the stock model back after it
     save_mixer(pipe, "out/x"); load_mixer(stock_pipe, "out/x")  # any kind; the config names it
 
 The paper's comparison (Tables 1–3) replaces the same ``attn1`` layers by three token mixers; all
@@ -15,9 +18,14 @@ three go through ONE mechanism here, parameterised by the mixer *kind*:
 * ``"deltaconv"`` — :class:`~aconvlib.mixers.deltaconv.DeltaConvBlock`, fresh weights, trained,
   all of its weights saved; needs the token grid.
 * ``"linear"`` — LinFusion-style :class:`~aconvlib.mixers.linear_attention.GeneralizedLinearAttention`,
-  initialised from each attn1's q/k/v/out (copies), trained, all of its weights saved; no grid.
+  initialised from each attn1's q/k/v/out (copies; ``init="teacher"``, the default) or freshly
+  (``init="scratch"``, like ΔConv's fresh blocks), trained, all of its weights saved; no grid.
 * ``"window"`` — DiTFastAttn-style :class:`~aconvlib.mixers.window_attention.WindowAttention` on each
   attn1's own modules (shared), training-free, only the config saved; grid needed in ``mode="2d"``.
+* ``"none"`` and ``"uniform"`` — the controls of :mod:`~aconvlib.mixers.controls`: self-attention removed
+  (:class:`~aconvlib.mixers.controls.NoAttention`, zeros) and uniform attention
+  (:class:`~aconvlib.mixers.controls.UniformAttention`, each attn1's own ``to_v``/``to_out``, shared);
+  training-free, only the config saved, no grid.
 
 The mechanism:
 
@@ -32,8 +40,8 @@ The mechanism:
   with compatibility checks, freezing, and :meth:`~MixerAdapter.restore`. A kind is a small subclass
   that only declares its config (``__init__``), its per-layer spec (:meth:`~MixerAdapter.layer_specs`)
   and how it makes a block: :class:`DeltaConvAdapter` (config format and state-dict keys unchanged,
-  so saved ΔConv adapters load), :class:`LinearAttentionAdapter`, :class:`WindowAttentionAdapter`.
-  ``MIXERS`` maps kind names to them.
+  so saved ΔConv adapters load), :class:`LinearAttentionAdapter`, :class:`WindowAttentionAdapter`,
+  :class:`NoAttentionAdapter`, :class:`UniformAttentionAdapter`. ``MIXERS`` maps kind names to them.
 
 Originals: training-free kinds keep a reference to each original ``attn1`` (the window mixer runs on
 its modules anyway), so :func:`restore_attention` gives the stock model back (module objects,
@@ -60,6 +68,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..models import LatentTracker, SelfAttentionLayer, family_of, get_denoiser, self_attention_layers
+from .controls import NoAttention, UniformAttention
 from .deltaconv import DeltaConvBlock
 from .linear_attention import GeneralizedLinearAttention
 from .window_attention import WINDOW_MODES, WindowAttention, _check_window
@@ -154,7 +163,8 @@ class MixerSelfAttention(nn.Module):
 
     Attributes:
         block: the token mixer (a submodule; for window attention it holds the original's modules).
-        kind: ``"deltaconv"``, ``"linear"`` or ``"window"``; layer_name, level: where it sits.
+        kind: ``"deltaconv"``, ``"linear"``, ``"window"``, ``"none"`` or ``"uniform"``; layer_name, level:
+            where it sits.
     """
 
     is_cross_attention = False
@@ -285,7 +295,7 @@ class MixerAdapter(ModelMixin, ConfigMixin):
         if layer_name in self._installed:
             return self._installed[layer_name]
         raise KeyError(f"no {self.title} block for {layer_name!r}" +
-                       ("" if self.trainable else " (window blocks exist once the adapter is applied)"))
+                       ("" if self.trainable else f" ({self.title} blocks exist once the adapter is applied)"))
 
     def check_compatible(self, denoiser: nn.Module) -> list[SelfAttentionLayer]:
         """Raise ValueError unless ``denoiser``'s self-attention layers match this adapter's (names, widths)."""
@@ -427,15 +437,19 @@ class DeltaConvAdapter(MixerAdapter):
 class LinearAttentionAdapter(MixerAdapter):
     """The LinFusion-style linear attentions of one converted denoiser (trainable, all their weights saved).
 
-    Built from a model, each layer is :meth:`GeneralizedLinearAttention.from_attention` of its
-    ``attn1`` (q/k/v/out copied, f branches at zero, so the converted model starts at q, k of the
-    teacher); loaded, each is rebuilt from the layer spec and gets the saved weights.
+    Built from a model with ``init="teacher"`` (default), each layer is
+    :meth:`GeneralizedLinearAttention.from_attention` of its ``attn1`` (q/k/v/out copied, f branches at
+    zero, so the converted model starts at q, k of the teacher); with ``init="scratch"`` each is a fresh
+    :class:`GeneralizedLinearAttention` of the same shape (PyTorch's default Linear init, seeded by
+    ``to_mixer(..., seed=)``; f branches at zero), which starts from the same point as a fresh ΔConv
+    student. Loaded, each is rebuilt from the layer spec and gets the saved weights.
 
     Args:
         layers: one dict per layer: ``name``, ``channels``, ``heads``, ``head_dim``, ``level``,
             ``qkv_bias``, ``out_bias``.
         base_model: class name of the denoiser.
         hidden_ratio, eps, negative_slope: :class:`GeneralizedLinearAttention` arguments.
+        init: ``"teacher"`` or ``"scratch"``: how the weights started (recorded in the config).
         sources: ``{layer name: attn1 module}`` to initialise from (not part of the config).
     """
 
@@ -445,8 +459,11 @@ class LinearAttentionAdapter(MixerAdapter):
 
     @register_to_config
     def __init__(self, layers: list[dict], base_model: str = "", hidden_ratio: float = 1.0, eps: float = 1e-4,
-                 negative_slope: float = 0.01, sources: dict | None = None):
+                 negative_slope: float = 0.01, init: str = "teacher", sources: dict | None = None):
         super().__init__()
+        _check_linear_init(init)
+        if sources and init != "teacher":
+            raise ValueError(f"init={init!r}: sources (the teacher's attn1 modules) are only used with init='teacher'")
         kw = dict(hidden_ratio=hidden_ratio, eps=eps, negative_slope=negative_slope)
         self.blocks = nn.ModuleDict({
             _key(l["name"]): (GeneralizedLinearAttention.from_attention(sources[l["name"]], **kw) if sources else
@@ -457,7 +474,8 @@ class LinearAttentionAdapter(MixerAdapter):
 
     @classmethod
     def layer_specs(cls, denoiser, layers, *, hidden_ratio: float = 1.0, eps: float = 1e-4,
-                    negative_slope: float = 0.01):
+                    negative_slope: float = 0.01, init: str = "teacher"):
+        _check_linear_init(init)
         for l in layers:
             if getattr(l.module, "norm_q", None) is not None or getattr(l.module, "norm_k", None) is not None:
                 raise NotImplementedError(f"{l.name}: linear-attention adapters of attn1 with q/k norms cannot be "
@@ -467,16 +485,26 @@ class LinearAttentionAdapter(MixerAdapter):
         spec = [{"name": l.name, "channels": l.channels, "heads": l.heads, "head_dim": l.head_dim, "level": l.level,
                  "qkv_bias": l.module.to_q.bias is not None, "out_bias": l.module.to_out[0].bias is not None}
                 for l in layers]
-        return spec, dict(hidden_ratio=hidden_ratio, eps=eps, negative_slope=negative_slope)
+        return spec, dict(hidden_ratio=hidden_ratio, eps=eps, negative_slope=negative_slope, init=init)
 
     @classmethod
     def create(cls, denoiser, layers, **options):
         spec, config = cls.layer_specs(denoiser, layers, **options)
-        return cls(layers=spec, base_model=type(denoiser).__name__, sources={l.name: l.module for l in layers},
-                   **config)
+        sources = {l.name: l.module for l in layers} if config["init"] == "teacher" else None
+        return cls(layers=spec, base_model=type(denoiser).__name__, sources=sources, **config)
 
     def needs_grid(self, spec: dict) -> bool:
         return False
+
+
+LINEAR_INITS = ("teacher", "scratch")
+
+
+def _check_linear_init(init) -> str:
+    if init not in LINEAR_INITS:
+        raise ValueError(f"init must be one of {LINEAR_INITS} (linear attention from the teacher's attn1 "
+                         f"q/k/v/out, or fresh weights), got {init!r}")
+    return init
 
 
 class WindowAttentionAdapter(MixerAdapter):
@@ -522,14 +550,67 @@ class WindowAttentionAdapter(MixerAdapter):
         return self.config.mode == "2d"
 
 
+class _ControlAdapter(MixerAdapter):
+    """Base of the training-free controls (:mod:`~aconvlib.mixers.controls`): config only, no options, no grid;
+    a subclass names its block class in ``block_class`` (built from each ``attn1`` at install time)."""
+
+    trainable = False
+    shape_keys = ("channels",)
+    block_class: type[nn.Module] = nn.Module
+
+    @classmethod
+    def layer_specs(cls, denoiser, layers):
+        return [{"name": l.name, "channels": l.channels, "level": l.level} for l in layers], {}
+
+    def make_blocks(self, layers):
+        return {l.name: self.block_class.from_attention(l.module) for l in layers}
+
+    def needs_grid(self, spec: dict) -> bool:
+        return False
+
+
+class NoAttentionAdapter(_ControlAdapter):
+    """Control: self-attention removed — every ``attn1`` outputs zeros (:class:`~aconvlib.mixers.controls.NoAttention`).
+
+    Args:
+        layers: one dict per layer: ``name``, ``channels``, ``level``.
+        base_model: class name of the denoiser.
+    """
+
+    kind, title = "none", "no-self-attention"
+    block_class = NoAttention
+
+    @register_to_config
+    def __init__(self, layers: list[dict], base_model: str = ""):
+        super().__init__()
+
+
+class UniformAttentionAdapter(_ControlAdapter):
+    """Control: uniform attention — every query gets ``to_out(mean_j to_v(x_j))`` on each ``attn1``'s own
+    ``to_v``/``to_out`` (:class:`~aconvlib.mixers.controls.UniformAttention`, shared, nothing copied).
+
+    Args:
+        layers: one dict per layer: ``name``, ``channels``, ``level``.
+        base_model: class name of the denoiser.
+    """
+
+    kind, title = "uniform", "uniform-attention"
+    block_class = UniformAttention
+
+    @register_to_config
+    def __init__(self, layers: list[dict], base_model: str = ""):
+        super().__init__()
+
+
 MIXERS: dict[str, type[MixerAdapter]] = {c.kind: c for c in (DeltaConvAdapter, LinearAttentionAdapter,
-                                                              WindowAttentionAdapter)}
+                                                              WindowAttentionAdapter, NoAttentionAdapter,
+                                                              UniformAttentionAdapter)}
 MIXER_KINDS = tuple(MIXERS)
 TRAINABLE_KINDS = tuple(k for k, c in MIXERS.items() if c.trainable)
 
 
 def mixer_adapter_class(kind: str) -> type[MixerAdapter]:
-    """The adapter class of a mixer kind (``"deltaconv"``, ``"linear"``, ``"window"``)."""
+    """The adapter class of a mixer kind (``"deltaconv"``, ``"linear"``, ``"window"``, ``"none"``, ``"uniform"``)."""
     if kind not in MIXERS:
         raise ValueError(f"unknown mixer kind {kind!r}; choose one of {MIXER_KINDS}")
     return MIXERS[kind]
@@ -564,7 +645,8 @@ def build_mixer_adapter(pipe_or_denoiser, kind: str = "deltaconv", *, seed: int 
                         **options) -> MixerAdapter:
     """A fresh adapter of ``kind`` for the denoiser (not installed); ``options`` are the kind's
     (deltaconv: kernel_sizes, ratio, scales, gate, gate_scale, bias; linear: hidden_ratio, eps,
-    negative_slope; window: window, mode); ``seed`` fixes the initialisation of new weights."""
+    negative_slope, init; window: window, mode; none, uniform: none); ``seed`` fixes the initialisation of
+    new weights."""
     cls = mixer_adapter_class(kind)
     accepted = [p for p in inspect.signature(cls.layer_specs).parameters if p not in ("denoiser", "layers")]
     unknown = sorted(set(options) - set(accepted))
@@ -590,13 +672,35 @@ def to_mixer(pipe_or_denoiser, kind: str = "deltaconv", *, freeze: bool = True, 
 
     ``kind``: ``"deltaconv"`` (fresh ΔConv blocks), ``"linear"`` (LinFusion-style linear attention
     initialised from each attn1) or ``"window"`` (training-free window attention on each attn1's
-    own weights; needs ``window=``). Cross-attention, norms, FFNs and the rest stay and, with
+    own weights; needs ``window=``), ``"none"`` (self-attention removed: every attn1 outputs zeros) or
+    ``"uniform"`` (uniform attention on each attn1's own to_v/to_out). Cross-attention, norms, FFNs and the rest
+    stay and, with
     ``freeze``, are frozen. The adapter is ``get_adapter(result)``; :func:`restore_attention` undoes
     the conversion when the originals were kept (``keep_original``, default: training-free kinds).
     See :func:`build_mixer_adapter` for ``options`` and ``seed``.
     """
     adapter = build_mixer_adapter(pipe_or_denoiser, kind, seed=seed, **options)
     return adapter.apply_to(pipe_or_denoiser, freeze=freeze, keep_original=keep_original)
+
+
+@contextlib.contextmanager
+def mixer_applied(pipe_or_denoiser, kind: str, **options):
+    """Inside the block every ``attn1`` is a ``kind`` mixer (:func:`to_mixer` with ``options``); on exit, also
+    after an exception, :func:`restore_attention` gives the stock model back. Yields the argument.
+
+        with mixer_applied(pipe, "none"):                    # self-attention removed
+            res = evaluate_model(pipe, prompts)
+        with mixer_applied(pipe, "window", window=9, mode="2d"):
+            ...
+
+    The originals are always kept (``keep_original=True``), so trained kinds work too (with fresh weights).
+    For neighborhood attention use :func:`aconvlib.mixers.neighborhood.neighborhood_attention` (a processor swap).
+    """
+    to_mixer(pipe_or_denoiser, kind, keep_original=True, **options)
+    try:
+        yield pipe_or_denoiser
+    finally:
+        restore_attention(pipe_or_denoiser)
 
 
 def restore_attention(pipe_or_denoiser):
@@ -682,8 +786,8 @@ def load_deltaconv(pipe_or_denoiser, path_or_hub_id: str, freeze: bool = True, *
 
 
 __all__ = ["DeltaConvAdapter", "DeltaConvSelfAttention", "LinearAttentionAdapter", "MIXERS", "MIXER_KINDS",
-           "MixerAdapter", "MixerSelfAttention", "OFFICIAL_KERNEL_SIZES", "PAPER_KERNEL_SIZES", "TRAINABLE_KINDS",
-           "WindowAttentionAdapter", "build_adapter", "build_mixer_adapter", "deltaconv_layers", "get_adapter",
-           "get_denoiser", "latent_size", "load_deltaconv", "load_mixer", "mixer_adapter_class", "mixer_layers",
-           "model_kind", "per_layer", "resolve_kernel_sizes", "restore_attention", "save_deltaconv", "save_mixer",
-           "to_deltaconv", "to_mixer"]
+           "LINEAR_INITS", "MixerAdapter", "MixerSelfAttention", "NoAttentionAdapter", "OFFICIAL_KERNEL_SIZES", "PAPER_KERNEL_SIZES",
+           "TRAINABLE_KINDS", "UniformAttentionAdapter", "WindowAttentionAdapter", "build_adapter",
+           "build_mixer_adapter", "deltaconv_layers", "get_adapter", "get_denoiser", "latent_size", "load_deltaconv",
+           "load_mixer", "mixer_adapter_class", "mixer_applied", "mixer_layers", "model_kind", "per_layer",
+           "resolve_kernel_sizes", "restore_attention", "save_deltaconv", "save_mixer", "to_deltaconv", "to_mixer"]

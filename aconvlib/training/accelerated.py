@@ -66,7 +66,7 @@ import torch
 
 from ..mixers.convert import get_adapter, load_mixer, mixer_layers, save_mixer, to_mixer
 from ..models import denoise, get_denoiser, self_attention_layers
-from .distill import DistillConfig, check_trainable_kind, make_student, min_snr_weight, to_epsilon
+from .distill import DistillConfig, check_trainable_kind, init_options, make_student, min_snr_weight, to_epsilon
 from .loop import RunLoop, atomic_save
 
 __all__ = ["AcceleratedDistiller", "PreviewSampler", "RESUME_FIELDS", "ResumeError", "RunConfig", "SharedTeacher",
@@ -78,7 +78,7 @@ _WD = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Fields that must agree between a checkpoint and the run resuming it (others — steps, ckpt/log
 #: intervals, deadline, precision, accumulation, checkpointing, previews — may change).
 RESUME_FIELDS = {"distill": ("batch", "lr", "betas", "warmup", "feature_weight", "min_snr_gamma", "kernel_sizes",
-                             "caption_dropout", "seed", "init_adapter", "image_sizes", "mixer"),
+                             "caption_dropout", "seed", "init_adapter", "image_sizes", "mixer", "init"),
                  "run": ("ema_decay",)}
 
 
@@ -215,7 +215,7 @@ def _convert_in_place(den, cfg: DistillConfig):
         get_adapter(den).requires_grad_(True)
     else:
         opts = {"kernel_sizes": cfg.kernel_sizes} if cfg.mixer == "deltaconv" else {}
-        to_mixer(den, cfg.mixer, seed=cfg.seed, **opts)
+        to_mixer(den, cfg.mixer, seed=cfg.seed, **opts, **init_options(cfg.mixer, cfg.init))
 
 
 def image_grid(images, cols: int | None = None):
@@ -342,7 +342,7 @@ class AcceleratedDistiller(RunLoop):
             teacher_attn = self.shared.originals
         else:
             self.student_pipe = make_student(pipe, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter,
-                                             kind=cfg.mixer)
+                                             kind=cfg.mixer, init=cfg.init)
             self.teacher, self.student = den.eval(), get_denoiser(self.student_pipe).to(self.device)
             teacher_attn = {l.name: l.module for l in self_attention_layers(self.teacher)}
         self.adapter = get_adapter(self.student)

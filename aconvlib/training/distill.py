@@ -3,8 +3,9 @@
 The student is a deep copy of the teacher's denoiser converted with
 :func:`aconvlib.mixers.convert.to_mixer`: every ``attn1`` becomes a mixer of the run's kind
 (``DistillConfig.mixer``: ``"deltaconv"``, the paper's ΔConvBlock, or ``"linear"``, LinFusion-style
-linear attention initialised from the teacher's attn1, trained the same way in the paper's
-comparison) and everything else is frozen, so only the mixer weights train. Window attention is
+linear attention initialised from the teacher's attn1 — or from scratch with ``init="scratch"``, the
+same starting point as ΔConv's fresh blocks —, trained the same way in the paper's comparison) and
+everything else is frozen, so only the mixer weights train. Window attention is
 training-free and is not distilled. One step, for clean latents x₀ and text states c:
 
     t ~ U{0, …, T−1},  ε ~ N(0, I),  x_t = α_t x₀ + σ_t ε            (the teacher's noise schedule)
@@ -51,8 +52,8 @@ from ..mixers.convert import MIXER_KINDS, TRAINABLE_KINDS, get_adapter, load_mix
 from ..models import denoise, family_of, get_denoiser, self_attention_layers
 from .loop import RunLoop
 
-__all__ = ["DistillConfig", "Distiller", "check_trainable_kind", "make_student", "min_snr_weight", "prediction_gap",
-           "to_epsilon"]
+__all__ = ["DistillConfig", "Distiller", "INITS", "check_init", "check_trainable_kind", "init_options", "make_student",
+           "min_snr_weight", "prediction_gap", "to_epsilon"]
 
 
 @dataclass
@@ -75,6 +76,8 @@ class DistillConfig:
     init_adapter: str | None = None  # start from this saved adapter (re-distillation) instead of fresh blocks
     image_sizes: tuple[int, ...] = (64,)  # mini models: px of the batches, cycled per step (mixed resolution)
     mixer: str = "deltaconv"        # token mixer to distill into: deltaconv | linear
+    init: str | None = None         # how fresh mixers start: None = the kind's own (ΔConv: scratch; linear:
+    #                                 teacher, its q/k/v/out copied from each attn1); "scratch" | "teacher"
 
     def __post_init__(self):
         self.validate()
@@ -99,6 +102,33 @@ class DistillConfig:
         if not self.image_sizes or any(int(px) <= 0 for px in self.image_sizes):
             raise ValueError(f"image_sizes must be positive, got {self.image_sizes!r}")
         check_trainable_kind(self.mixer, "mixer")
+        check_init(self.mixer, self.init)
+        if self.init is not None and self.init_adapter:
+            raise ValueError(f"init={self.init!r} and init_adapter={self.init_adapter!r}: a run starts either from a "
+                             "saved adapter or from fresh mixers; give one of them")
+
+
+INITS = ("scratch", "teacher")
+
+
+def check_init(kind: str, init) -> str:
+    """The start of a fresh ``kind`` student: ``init`` (``"scratch"`` or ``"teacher"``), or the kind's own for
+    None (ΔConv: ``"scratch"``, fresh blocks; linear attention: ``"teacher"``, q/k/v/out copied from each
+    attn1); a ValueError for a start the kind does not have (ΔConv has no teacher projections to copy)."""
+    if init is None:
+        return "scratch" if kind == "deltaconv" else "teacher"
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if kind == "deltaconv" and init == "teacher":
+        raise ValueError("init='teacher': a ΔConv block has no attention projections to copy from the teacher; "
+                         "ΔConv students start from fresh blocks (init='scratch')")
+    return init
+
+
+def init_options(kind: str, init) -> dict:
+    """The :func:`~aconvlib.mixers.convert.to_mixer` option that gives ``kind`` the start ``init``."""
+    init = check_init(kind, init)
+    return {"init": init} if kind == "linear" else {}
 
 
 def check_trainable_kind(kind, what: str = "kind") -> str:
@@ -146,16 +176,20 @@ class _Outputs:
 
 
 def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | None = None, *,
-                 kind: str = "deltaconv", **mixer_options):
+                 kind: str = "deltaconv", init: str | None = None, **mixer_options):
     """A copy of ``pipe`` whose denoiser is a student with ``kind`` mixers (the teacher's other components are shared).
 
     ``kind``: ``"deltaconv"`` (fresh ΔConv blocks with ``kernel_sizes``) or ``"linear"`` (linear
-    attention initialised from the teacher's attn1; ``kernel_sizes`` must stay ``"paper"``).
+    attention initialised from the teacher's attn1, or fresh with ``init="scratch"``; ``kernel_sizes``
+    must stay ``"paper"``). ``init``: see :func:`check_init`.
     ``mixer_options`` go to :func:`~aconvlib.mixers.convert.to_mixer` (e.g. ``hidden_ratio``).
     ``init_adapter``: start from a saved adapter (folder) of that kind instead of fresh mixers, e.g.
     to re-distill after the teacher was fine-tuned; the options and ``seed`` are then the adapter's.
     """
     check_trainable_kind(kind)
+    mixer_options.update(init_options(kind, init))
+    if init is not None and init_adapter:
+        raise ValueError("init and init_adapter exclude each other (a saved adapter is its own start)")
     if kind == "deltaconv":
         mixer_options["kernel_sizes"] = kernel_sizes
     elif kernel_sizes != "paper":
