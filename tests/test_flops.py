@@ -139,3 +139,37 @@ def test_table1_linfusion_and_ditfastattn_rows():
     assert list(table1_comparison(baselines=False).columns) == list(t.columns[:12])
     rho, w = ditfastattn_window(1024, 1152, 30.41e9)
     assert 0.89 < rho < 0.90 and w == 1387
+
+
+# ---------------------------------------------------------------- issue 20: chapter 0's statements, computed
+def test_dominant_terms_pixart_512_projections_dominate():
+    from aconvlib.mixers.flops import attention_terms, dominant_terms
+
+    t = attention_terms(32 * 32, 1152)           # one PixArt-Σ layer at 512 px
+    assert t["projections"] > t["quadratic"]     # 4NC'² = 5.4 G > 4N²C' + 4N² = 4.8 G
+    assert round(t["projections"] / 1e9, 1) == 5.4 and round(t["quadratic"] / 1e9, 1) == 4.8
+    d = dominant_terms(["pixart-sigma-512", "sd15"], [512, 1024]).set_index(["model", "px"])
+    assert d.loc[("pixart-sigma-512", 512), "dominant"] == "projections"
+    assert d.loc[("pixart-sigma-512", 1024), "dominant"] == "N² terms"
+    assert d.loc[("sd15", 512), "dominant"] == "N² terms"
+    assert d.loc[("pixart-sigma-512", 512), "projections_GFLOPs"] == pytest.approx(28 * t["projections"] / 1e9)
+
+
+def test_growth_per_doubling_is_computed_not_16():
+    from aconvlib.mixers.flops import flops_vs_resolution, growth_per_doubling
+
+    g = growth_per_doubling(flops_vs_resolution(["sdxl"], [512, 1024, 1536])).set_index("from_px")["factor"]
+    assert list(g.index) == [512.0]              # 1536 is no doubling of anything listed
+    assert g.loc[512.0] == pytest.approx(7.43, abs=0.01)   # SDXL 512→1024: 7.4×, not 16×
+
+
+def test_table1_attention_conventions():
+    from aconvlib.mixers.flops import table1_attention_conventions
+
+    c = table1_attention_conventions().set_index(["model", "size"])
+    ours = c["8NC'², batch 2, 4K = 4096×2160"]
+    assert (ours - 1).abs().max() < 0.0035                        # our convention reproduces the row
+    text = c["8NC'², batch 2, 4K = 3840×2160"]
+    assert text.loc[("sd15", "4K")] == pytest.approx(0.882, abs=0.002)   # the paper's own 4K frame does not
+    assert (text.drop(index=[("sd15", "4K"), ("pixart", "4K")]) == ours.drop(index=[("sd15", "4K"), ("pixart", "4K")])).all()
+    assert (c["paper formula, batch 1"] < 0.51).all()                     # Sec. 3.1's formula, one sample: about half

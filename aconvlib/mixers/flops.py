@@ -509,3 +509,84 @@ __all__ = ["ConversionRow", "LayerFlops", "MixerRow", "TABLE1_HEADS", "TABLE1_QK
            "ditfastattn_window", "flops_vs_resolution", "linear_attention_flops", "linear_attention_params",
            "mixer_table", "mixer_table_frame", "paper_table1", "self_attention_table", "table1_comparison",
            "window_attention_flops", "window_pairs"]
+
+
+# ----------------------------------------------------------------------------------------------
+# what the self-attention formula says per model and size (chapter 0)
+# ----------------------------------------------------------------------------------------------
+def attention_terms(tokens: int, channels: int) -> dict[str, int]:
+    """The two parts of :func:`attention_flops`: ``projections`` = 4·N·C'² and ``quadratic`` = 4·N²·C' + 4·N²."""
+    n, c = int(tokens), int(channels)
+    return {"projections": 4 * n * c * c, "quadratic": 4 * n * n * c + 4 * n * n}
+
+
+def dominant_terms(models, sizes):
+    """Per model and image size, the self-attention FLOPs of one denoiser call (batch 1, paper's formula) split
+    into the projection term 4NC'² and the N² terms 4N²C' + 4N², summed over every ``attn1`` layer, and which
+    part is larger (``dominant``: ``"N² terms"`` or ``"projections"``), with the number of layers where the N²
+    terms are larger. A pandas DataFrame, one row per (model, size)."""
+    import pandas as pd
+
+    out = []
+    for model in models:
+        spec = get_spec(model)
+        den = load_denoiser(model, weights=False, device="meta")
+        for size in sizes:
+            h, w = _hw(size)
+            layers = self_attention_layers(den, spec.latent_grid(h, w))
+            terms = [attention_terms(l.tokens, l.channels) for l in layers]
+            proj = sum(t["projections"] for t in terms)
+            quad = sum(t["quadratic"] for t in terms)
+            out.append({"model": model, "px": (h * w) ** 0.5, "size": f"{h}x{w}", "layers": len(layers),
+                        "projections_GFLOPs": proj / 1e9, "quadratic_GFLOPs": quad / 1e9,
+                        "quadratic_share": quad / (proj + quad),
+                        "dominant": "N² terms" if quad > proj else "projections",
+                        "layers_N2_dominant": sum(t["quadratic"] > t["projections"] for t in terms)})
+    return pd.DataFrame(out)
+
+
+def growth_per_doubling(frame, value: str = "total_GFLOPs"):
+    """From :func:`flops_vs_resolution` (or :func:`dominant_terms`): per model, the factor by which ``value``
+    grows from each size to the next one whose side is twice as large (``px`` doubles). A DataFrame with
+    ``model``, ``from_px``, ``to_px``, ``factor``. A pure N² law gives 16 per doubling, a linear one 4."""
+    import pandas as pd
+
+    rows = []
+    for model, f in frame.groupby("model", sort=False):
+        by_px = dict(zip(f["px"].round(6), f[value]))
+        for px, v in by_px.items():
+            nxt = round(2 * px, 6)
+            if nxt in by_px:
+                rows.append({"model": model, "from_px": px, "to_px": nxt, "factor": by_px[nxt] / v})
+    return pd.DataFrame(rows, columns=["model", "from_px", "to_px", "factor"])
+
+
+def table1_attention_conventions():
+    """How the paper's Table 1 self-attention row depends on the counting convention: per model and size,
+    our count / the paper's entry under
+
+    * ``paper formula, batch 1``: Sec. 3.1's 4NC'² + 4N²C' + 4N² for one sample, at the frames of
+      :func:`paper_table1`;
+    * ``8NC'², batch 2, 4K = 3840×2160``: 2 FLOPs per multiply-add in the projections, the CFG batch, and 4K
+      as the paper's text defines it (Sec. 5.2: "4K (e.g., 3840x2160)");
+    * ``8NC'², batch 2, 4K = 4096×2160``: the same with the 4K frame that reproduces the row (our convention,
+      :func:`table1_comparison`).
+
+    Only the 4K rows differ between the last two. A pandas DataFrame."""
+    import pandas as pd
+
+    rows = []
+    for model, t in paper_table1().items():
+        c, f = t["channels"], t["px_per_token"]
+        for i, (label, (h, w)) in enumerate(t["sizes"].items()):
+            paper = t["attention"][i] * 1e9
+            n = (h // f) * (w // f)
+            n_text = (2160 // f) * (3840 // f) if label == "4K" else n
+            rows.append({"model": model, "size": label, "pixels (fit)": f"{w}×{h}", "attn paper (G)": paper / 1e9,
+                         "paper formula, batch 1": attention_flops(n, c) / paper,
+                         "8NC'², batch 2, 4K = 3840×2160": 2 * attention_flops_2mac(n_text, c) / paper,
+                         "8NC'², batch 2, 4K = 4096×2160": 2 * attention_flops_2mac(n, c) / paper})
+    return pd.DataFrame(rows)
+
+
+__all__ += ["attention_terms", "dominant_terms", "growth_per_doubling", "table1_attention_conventions"]
