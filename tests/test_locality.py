@@ -93,8 +93,21 @@ def test_sink_at_last_pixel():
     np.testing.assert_allclose(curve.numpy(), brute_asm(A, grid, ks), atol=1e-12)
     sink = L.attention_sink(A, grid)
     assert sink.key == 19 and sink.position == (3, 4) and sink.share == pytest.approx(1.0)
-    flagged = L.detect_artifacts({"a": A, "b": uniform(grid)}, {"a": grid, "b": grid}, threshold=0.2)
+    flagged = L.detect_artifacts({"a": A, "b": uniform(grid)}, {"a": grid, "b": grid}, ratio=3.0)
     assert list(flagged) == ["a"]
+
+
+def test_artifact_rule_is_relative_to_the_uniform_share():
+    """One key drawing 3.2× the uniform share: an artifact on an 8×8 and a 32×32 grid alike (an absolute share of
+    0.1 would flag it on neither: 0.05 and 0.003)."""
+    for side in (8, 32):
+        n = side * side
+        A = torch.full((n, n), 1.0 / n)
+        A[:, -1] += 2.2 / n
+        A /= A.sum(1, keepdim=True)
+        sink = L.attention_sink(A, (side, side))
+        assert sink.ratio_to_uniform == pytest.approx(3.2 / (1 + 2.2 / n), rel=1e-6) and sink.share < 0.1
+        assert list(L.detect_artifacts({"a": A}, {"a": (side, side)}, ratio=3.0)) == ["a"]
 
 
 def test_kernel_sizes_must_be_odd():

@@ -30,11 +30,14 @@ Definitions (ΔConvFusion, Sec. 3.2, and this project's choices where the paper 
   prior; ``Σ_k b = 1``) and ``R = A − 1 bᵀ`` (each row sums to zero). Mass split per query:
   ``context_q = ½ Σ_k |R[q, k]|`` (the total-variation distance between ``A[q]`` and ``b``) and
   ``prior_q = Σ_k min(A[q, k], b[k]) = 1 − context_q`` (the mass ``A[q]`` shares with the prior).
-  Locality of the context: ``asm_curve`` of ``|R[q]| / Σ_k |R[q, k]|``.
+  Locality of the context: ``asm_curve`` of ``|R[q]| / Σ_k |R[q, k]|``, and of the positive part
+  ``R[q]⁺ / Σ_k R[q, k]⁺`` (attention above the prior), which is the one that separates local from global:
+  ``|R|`` holds ``−b`` at every key a query ignores, half its mass, spread over the grid.
 - ERF: ``min{K : ASM(K) ≥ threshold}`` (threshold 0.8 in the paper).
 - Artifacts ("attention sinks"): ``k* = argmax_k b[k]``, the single most-attended key over all
   queries, and its share ``b[k*]`` of all attention (the uniform share is 1/N). A layer is flagged
-  when the share exceeds a threshold (PixArt's layers that attend to the last pixel).
+  when ``N·b[k*]``, the share in units of the uniform share, reaches a ratio (default 3; PixArt's layers that
+  attend to the last pixel).
 """
 from __future__ import annotations
 
@@ -230,6 +233,10 @@ class ContextDecomposition:
         context_per_query: ``½‖R_q‖₁`` [N].
         prior_tv_uniform: ``½‖b − 1/N‖₁``, how far the prior is from uniform (0 = uniform).
         context_asm: ASM(K) [nK] of ``|R_q| / ‖R_q‖₁``; ``kernel_sizes`` its K.
+        context_pos_asm: ASM(K) [nK] of the positive part ``R_q⁺ / ‖R_q⁺‖₁`` (where the query attends *above*
+            the prior). The locality test of the context term: ``|R_q|`` also holds the negative part ``−b``
+            spread over every key a query does not attend to, half of ``‖R_q‖₁``, so even a perfectly local
+            map (a 3×3 blob per query) has a ``|R|``-ERF near the uniform map's on a small grid.
     """
 
     prior: torch.Tensor
@@ -240,6 +247,7 @@ class ContextDecomposition:
     prior_tv_uniform: float
     context_asm: torch.Tensor
     kernel_sizes: list[int]
+    context_pos_asm: Optional[torch.Tensor] = None
 
     @property
     def prior_image(self) -> torch.Tensor:
@@ -260,6 +268,7 @@ def decompose(A: torch.Tensor, grid: tuple[int, int], kernel_sizes: Optional[Seq
     b /= n
     ctx = torch.empty(n, dtype=torch.float64, device=A.device)
     asm_total = torch.zeros(len(ks), dtype=torch.float64, device=A.device)
+    pos_total = torch.zeros(len(ks), dtype=torch.float64, device=A.device)
     valid_count = 0
     for i in range(0, n, chunk):
         r = A[i:i + chunk].double() - b
@@ -270,13 +279,16 @@ def decompose(A: torch.Tensor, grid: tuple[int, int], kernel_sizes: Optional[Seq
         q = torch.arange(i, i + r.shape[0], device=A.device)
         if valid.any():
             asm_total += _window_sums(a[valid] / l1[valid, None], q[valid], grid, ks).sum(0)
+            pos = r[valid].clamp(min=0)
+            pos_total += _window_sums(pos / pos.sum(1, keepdim=True), q[valid], grid, ks).sum(0)
             valid_count += int(valid.sum())
     context_mass = float(ctx.mean())
     context_asm = asm_total / valid_count if valid_count else torch.full_like(asm_total, float("nan"))
+    context_pos_asm = pos_total / valid_count if valid_count else torch.full_like(pos_total, float("nan"))
     return ContextDecomposition(
         prior=b.cpu(), grid=tuple(grid), prior_mass=1.0 - context_mass, context_mass=context_mass,
         context_per_query=ctx.cpu(), prior_tv_uniform=float(0.5 * (b - 1.0 / n).abs().sum()),
-        context_asm=context_asm.cpu(), kernel_sizes=ks_list)
+        context_asm=context_asm.cpu(), kernel_sizes=ks_list, context_pos_asm=context_pos_asm.cpu())
 
 
 def erf(curve: torch.Tensor, kernel_sizes: Sequence[int], threshold: float = 0.8) -> torch.Tensor:
@@ -314,11 +326,13 @@ def attention_sink(A: torch.Tensor, grid: tuple[int, int], *, chunk: int = DEFAU
     return Sink(k, (k // grid[1], k % grid[1]), share, share * n)
 
 
-def detect_artifacts(maps: dict, grids: dict, threshold: float = 0.1) -> dict[str, Sink]:
-    """The layers whose most-attended key takes more than ``threshold`` of all attention: name → :class:`Sink`."""
+def detect_artifacts(maps: dict, grids: dict, ratio: float = 3.0) -> dict[str, Sink]:
+    """The layers whose most-attended key draws at least ``ratio`` times the uniform share 1/N from the average
+    query: name → :class:`Sink`. Relative to uniform, so the rule means the same on an 8×8 and a 64×64 grid (an
+    absolute share of 0.1 is 6.4× uniform on 8×8 but 410× on 64×64)."""
     out = {}
     for name, A in maps.items():
         sink = attention_sink(A, grids[name])
-        if sink.share > threshold:
+        if sink.ratio_to_uniform >= ratio:
             out[name] = sink
     return out

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from ..models import paper_table
 from .budget import available_bytes, check_memory   # noqa: F401 - the chapters' memory check, re-exported here
 
-__all__ = ["check_memory", "locality_studies", "paper_thresholds", "setup_chapter"]
+__all__ = ["check_memory", "locality_studies", "paper_thresholds", "prompt_frames", "setup_chapter"]
 
 
 def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optional[int] = None) -> Path:
@@ -40,22 +40,31 @@ def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optiona
 
 
 def locality_studies(models: Sequence[str], *, cutoff: float = 0.1, order: int = 2,
-                     artifact_threshold: Optional[float] = None, **gen):
+                     artifact_ratio: Optional[float] = None, **gen):
     """Capture (or reuse from the cache) one study per model and analyse it per layer.
 
     ``gen`` goes to :func:`aconvlib.book.studies.capture_study` (prompts, steps, sizes, device, dtype,
     weights, output_dir, ...). Returns ``(studies, frames)``, dicts keyed by model; prints each study.
     """
-    from .studies import analyze_study, capture_study
+    from .studies import analyze_study, per_prompt_study
 
     check_memory(models, gen.get("device", "cpu"), gen.get("dtype", "float32"), height=gen.get("height"),
                  width=gen.get("width"), batch_size=gen.get("batch_size", 1))
-    studies = {m: capture_study(m, **gen) for m in models}   # cached under output_dir/captures, shared by 03-05
-    extra = {} if artifact_threshold is None else {"artifact_threshold": artifact_threshold}
+    # one capture per prompt (cached under output_dir/captures, shared by chapters 02-05), pooled by the mean map;
+    # studies[m].parts are the per-prompt studies (bootstrap over prompts: prompt_frames)
+    studies = {m: per_prompt_study(m, **gen) for m in models}
+    extra = {} if artifact_ratio is None else {"artifact_ratio": artifact_ratio}
     frames = {m: analyze_study(s, cutoff=cutoff, order=order, **extra) for m, s in studies.items()}
     for s in studies.values():
         print(s.describe())
     return studies, frames
+
+
+def prompt_frames(studies: dict, **analysis) -> dict:
+    """Per-prompt analysis frames of pooled studies: model → [analyze_study(part) for each prompt] (cached)."""
+    from .studies import analyze_study
+
+    return {m: [analyze_study(p, **analysis) for p in s.parts] for m, s in studies.items()}
 
 
 def paper_thresholds() -> dict:

@@ -147,6 +147,7 @@ class CaptureStudy:
     params: dict
     seconds: float = 0.0
     path: Optional[str] = field(default=None, compare=False)
+    parts: list = field(default_factory=list, compare=False, repr=False)   # per-prompt studies of a pooled one
 
     def names(self, level: Optional[int] = None) -> list[str]:
         return [d["name"] for d in self.layers if level is None or d["level"] == level]
@@ -261,13 +262,38 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
     if path is not None:
         if rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v for k, v in study.__dict__.items() if k != "path"}, path)
+            torch.save({k: v for k, v in study.__dict__.items() if k not in ("path", "parts")}, path)
         if accelerator is not None:
             accelerator.wait_for_everyone()
         study.path = str(path)
     if verbose and rank == 0:
         print(f"[studies] {study.describe()}: generated and captured in {seconds:.1f} s")
     return study
+
+
+def per_prompt_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prompts: int = 4, **gen) -> CaptureStudy:
+    """One capture per prompt (each cached on its own, each generated with ``seed``), pooled: the returned study's
+    maps are the mean of the per-prompt maps (the same estimand as one capture over all prompts) and
+    ``study.parts`` holds the per-prompt studies, so a chapter can bootstrap over prompts. Chapter 2's per-image
+    captures with the same settings are the same cache entries."""
+    prompts = list(prompts) if prompts is not None else default_prompts(model, n_prompts)
+    gen = {k: v for k, v in gen.items() if k not in ("n_prompts",)}
+    parts = [capture_study(model, [p], **gen) for p in prompts]
+    return pool_studies(parts)
+
+
+def pool_studies(parts: Sequence[CaptureStudy]) -> CaptureStudy:
+    """A study whose maps are the mean of ``parts``' maps (same model, layers and settings), keeping ``parts``."""
+    first = parts[0]
+    if any(p.model != first.model or [d["name"] for d in p.layers] != [d["name"] for d in first.layers]
+           for p in parts):
+        raise ValueError("pool_studies needs studies of one model with the same layers")
+    maps = {name: torch.stack([p.maps[name].float() for p in parts]).mean(0) for name in first.maps}
+    prompts = [q for p in parts for q in p.prompts]
+    return CaptureStudy(model=first.model, weights=first.weights, family=first.family, prompts=prompts,
+                        images=np.concatenate([p.images for p in parts]), layers=first.layers, maps=maps,
+                        grids=first.grids, params={**first.params, "prompts": prompts, "pooled": len(parts)},
+                        seconds=sum(p.seconds for p in parts), parts=list(parts))
 
 
 def window_share(curve, kernel_sizes, k: int) -> float:
@@ -277,17 +303,21 @@ def window_share(curve, kernel_sizes, k: int) -> float:
 
 
 def analyze_study(study: CaptureStudy, *, cutoff: float = 0.1, order: int = 2, norm: str = "abs",
-                  threshold: float = 0.8, artifact_threshold: float = 0.1, cache: bool = True):
+                  threshold: float = 0.8, artifact_ratio: float = 3.0, cache: bool = True):
     """Every :mod:`aconvlib.analysis.locality` measure for every layer of ``study``, as a pandas DataFrame.
 
     Columns: name, label, level, grid, ks (odd K up to the grid), asm, asm_grad, hp (high-pass ASM,
     Butterworth ``cutoff``/``order``, normalization ``norm``), hp_grad, erf, erf_hp, prior (b as
-    [H', W']), prior_mass, context_mass, prior_tv_uniform, context_asm, erf_context, sink_share,
-    sink_pos, sink_ratio, artifact (``sink_share > artifact_threshold``). Cached next to the capture.
+    [H', W']), prior_mass, context_mass, prior_tv_uniform, context_asm, erf_context, context_pos_asm,
+    erf_context_pos (ASM / ERF of the positive part of R), sink_share,
+    sink_pos, sink_ratio, artifact (``sink_ratio ≥ artifact_ratio``: the average query gives the key at least that
+    multiple of the uniform share 1/N; an absolute share would mean 6.4× uniform on 8×8 and 102× on 32×32). Cached
+    next to the capture.
     """
     import pandas as pd
 
-    settings = dict(cutoff=cutoff, order=order, norm=norm, threshold=threshold, artifact_threshold=artifact_threshold)
+    settings = dict(cutoff=cutoff, order=order, norm=norm, threshold=threshold, artifact_ratio=artifact_ratio,
+                    columns=2)   # bump when the columns change (the cache is keyed by the settings)
     cache_path = None
     if study.path is not None:
         cache_path = Path(study.path).with_suffix(f".analysis-{_key(settings)}.pt")
@@ -309,8 +339,10 @@ def analyze_study(study: CaptureStudy, *, cutoff: float = 0.1, order: int = 2, n
             erf_hp=float(L.erf(hp, ks, threshold)), prior=dec.prior_image.numpy(), prior_mass=dec.prior_mass,
             context_mass=dec.context_mass, prior_tv_uniform=dec.prior_tv_uniform,
             context_asm=dec.context_asm.numpy(), erf_context=float(L.erf(dec.context_asm, ks, threshold)),
+            context_pos_asm=dec.context_pos_asm.numpy(),
+            erf_context_pos=float(L.erf(dec.context_pos_asm, ks, threshold)),
             sink_share=sink.share, sink_pos=sink.position, sink_ratio=sink.ratio_to_uniform,
-            artifact=sink.share > artifact_threshold))
+            artifact=sink.ratio_to_uniform >= artifact_ratio))
     if cache_path is not None:
         torch.save(rows, cache_path)
     return pd.DataFrame(rows)
