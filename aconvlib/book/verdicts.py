@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-__all__ = ["CLAIMS", "collect", "matrix", "readme_table", "show"]
+__all__ = ["CLAIMS", "collect", "details_markdown", "matrix", "matrix_markdown", "readme_table", "show"]
 
 # claim id → (the paper's statement, in short; the chapter that tests it). Order: the paper's.
 CLAIMS = {
@@ -96,3 +96,35 @@ def readme_table(references: dict) -> str:
         if any((claim, m) in recs for m in models):
             lines.append(f"| {claim} | {text} | " + " | ".join(recs.get((claim, m), "—") for m in models) + " |")
     return "\n".join(lines)
+
+
+def _md_table(header: list, rows: list) -> str:
+    cell = lambda x: str(x).replace("|", "\\|").replace("\n", " ")   # noqa: E731
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def matrix_markdown(df, models: Optional[list] = None) -> str:
+    """:func:`matrix` as a Markdown table (claims with the paper's words; models that judged nothing are left
+    out)."""
+    m = matrix(df, models)
+    cols = [c for c in m.columns[1:] if (m[c] != "not run").any()]
+    rows = [[f"**{claim}**", m.loc[claim, "the paper's claim"], *[m.loc[claim, c] for c in cols]] for claim in m.index]
+    return _md_table(["claim", "the paper says", *[f"`{c}`" for c in cols]], rows)
+
+
+def details_markdown(df) -> str:
+    """One paragraph per claim: each model's verdict with its deciding numbers, baseline, n, chapter and, for
+    "not testable here", what would test it."""
+    order = {c: i for i, c in enumerate(CLAIMS)}
+    out = []
+    for claim, g in sorted(df.groupby("claim"), key=lambda kv: order.get(kv[0], 99)):
+        out.append(f"**{claim}** ({CLAIMS.get(claim, ('', ''))[0]})")
+        for _, r in g.sort_values("model").iterrows():
+            n = f", n={int(r['n'])}" if r["n"] == r["n"] and r["n"] else ""
+            base = f"; baseline: {r['baseline']}" if r["baseline"] else ""
+            test = f" *What would test it:* {r['how_to_test']}" if r["how_to_test"] else ""
+            out.append(f"- `{r['model']}`: **{r['verdict']}**: {r['deciding']}{n}{base} ({r['chapter']}).{test}")
+        out.append("")
+    return "\n".join(out)
