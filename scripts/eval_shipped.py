@@ -39,8 +39,10 @@ def main():
         for px in args.px:
             suffix = "" if px == 64 else f"@{px}"
             for key, pipe in (("teacher", teacher), ("deltaconv", student)):
-                res[m][key + suffix] = evaluate_model(pipe, prompts, classifier=clf, batch_size=128,
-                                                      height=px, width=px)
+                r = evaluate_model(pipe, prompts, classifier=clf, batch_size=128, height=px, width=px)
+                for k in ("features", "per_image", "prompts", "seed", "n_real"):   # the stored eval.json's keys only
+                    r.pop(k)
+                res[m][key + suffix] = r
         print(m, {k: round(v["prompt_adherence"], 4) for k, v in res[m].items() if "prompt_adherence" in v},
               flush=True)
     with open(args.out, "w") as f:

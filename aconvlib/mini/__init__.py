@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from .distill import adapter_dir, distill_batches, distill_mini, mini_prediction_gap, read_log
 from .evaluate import AttributeClassifier, classifier_accuracy, classifier_dir, evaluate_model
+from .intervals import adherence_estimate, fdd_estimate, paired_difference
 from .pipeline import MiniPipeline
 from .tokenizer import WordTokenizer
 
-__all__ = ["AttributeClassifier", "MiniPipeline", "WordTokenizer", "adapter_dir", "classifier_accuracy",
-           "classifier_dir", "distill_batches", "distill_mini", "evaluate_model", "mini_prediction_gap", "read_log"]
+__all__ = ["AttributeClassifier", "MiniPipeline", "WordTokenizer", "adapter_dir", "adherence_estimate",
+           "classifier_accuracy", "classifier_dir", "distill_batches", "distill_mini", "evaluate_model", "fdd_estimate",
+           "mini_prediction_gap", "paired_difference", "read_log"]

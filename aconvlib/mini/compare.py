@@ -13,6 +13,12 @@ prompts and the same initial noise:
 - ``window``: DiTFastAttn-style window attention on the teacher's own weights (training-free, 1-D band);
 - ``na``: neighborhood attention K×K on the teacher's own weights (training-free, paper Fig. 6).
 
+:func:`control_variants` are the rows that let those ablations mean something (issue 20): self-attention
+removed (``none``) and uniform attention (``uniform``) next to NA with the paper's K scaled to the grid
+(:func:`paper_scaled_kernel`) and the chapter's K, the shipped ΔConv student, the CPU-budget ΔConv students at
+the paper's K and at the scaled small K, and the CPU-budget LinFusion students from the teacher's weights and
+from scratch (the same start as ΔConv); ``scripts/eval_controls.py`` scores them with intervals.
+
 :func:`na_sweep` scores NA for a range of K (Fig. 6 extended) and :func:`smallest_kernel_keeping` reads off the
 smallest K whose adherence stays within a tolerance of the teacher's. :func:`mini_receptive_fields` measures the
 gradient ERF of every token mixer (:mod:`aconvlib.analysis.receptive_field`) on noised held-out images (Fig. 9).
@@ -29,7 +35,7 @@ import torch
 
 from ..analysis.locality import erf
 from ..analysis.receptive_field import ReceptiveField, receptive_fields
-from ..mixers.convert import load_mixer, restore_attention, to_mixer
+from ..mixers.convert import load_mixer, mixer_applied
 from ..mixers.neighborhood import clip_kernel, neighborhood_attention
 from ..models import get_denoiser, load_pipeline, models_dir, self_attention_layers
 from . import dataset
@@ -37,10 +43,18 @@ from .distill import adapter_dir
 from .evaluate import evaluate_model
 from .models import to_latent
 
-__all__ = ["Variant", "comparison_variants", "describe_smallest_kernel", "evaluate_variants", "keep_tolerance",
-           "mini_receptive_fields", "na_sweep", "per_model", "smallest_kernel_keeping", "student_dir", "student_info", "variant_pipeline"]
+__all__ = ["CHAPTER_NA_KERNEL", "PAPER_K_FRACTION", "Variant", "comparison_variants", "control_variants",
+           "describe_smallest_kernel", "evaluate_variants", "finest_grid_side", "keep_tolerance", "mini_receptive_fields",
+           "na_sweep", "paper_scaled_kernel", "per_model", "smallest_kernel_keeping", "student_dir", "student_info",
+           "variant_pipeline"]
 
 QUALITY_COLUMNS = ("n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd")
+#: the paper's NA / ΔConv kernel against its grid: K = 13 on SD's 64-token side (Fig. 6, Sec. 5.1)
+PAPER_K_FRACTION = 13 / 64
+#: the K the chapters use for NA on the embedded models (chapter 5 and 8: ≈ 0.2 of the finest grid side)
+CHAPTER_NA_KERNEL = {"mini-sd": 7, "mini-dit": 5}
+#: the finest token-grid side of each embedded model at 64 px (mini-sd's top U-Net level, mini-dit's patch grid)
+_FINEST_SIDE = {"mini-sd": 32, "mini-dit": 16}
 
 
 def student_dir(model: str, mixer: str, budget: str = "cpu") -> Path:
@@ -80,11 +94,12 @@ class Variant:
     """One row of the comparison: how its pipeline is made and what it cost."""
 
     label: str            # e.g. "LinFusion (CPU budget)"
-    method: str           # "self-attention" | "deltaconv" | "linear" | "window" | "na"
+    method: str           # "self-attention" | "deltaconv" | "linear" | "window" | "na" | "none" | "uniform"
     training: str         # "teacher" | "distilled: …" | "training-free"
     setting: str = ""     # "K=9", "169 keys", …
     folder: Optional[Path] = None
     options: dict = field(default_factory=dict)
+    kernel: Optional[int] = None   # K of NA / ΔConv rows (one K for every layer), else None
 
 
 def per_model(value, model: str):
@@ -135,6 +150,71 @@ def _kernel_of(folder: Path) -> str:
     return "/".join(map(str, ks)) or "?"
 
 
+def finest_grid_side(model: str) -> int:
+    """The finest token-grid side of an embedded model at 64 px (mini-sd 32: its top U-Net level; mini-dit 16)."""
+    if model not in _FINEST_SIDE:
+        raise ValueError(f"no finest grid side known for {model!r}; choose one of {sorted(_FINEST_SIDE)}")
+    return _FINEST_SIDE[model]
+
+
+def paper_scaled_kernel(side: int, fraction: float = PAPER_K_FRACTION) -> int:
+    """The paper's K = 13 on 64 tokens scaled to a ``side``-token grid: the odd K nearest ``fraction · side``
+    (ties up): 16 -> 3 (3.25), 32 -> 7 (6.5), 64 -> 13."""
+    x = float(fraction) * int(side)
+    return max(1, 2 * int(x // 2) + 1)
+
+
+def control_variants(model: str, na_kernels: Optional[Sequence[int]] = None,
+                     small_kernel: Optional[int] = None) -> tuple[list[Variant], list[str]]:
+    """The control rows of issue 20 for ``model`` (see the module docstring) and the notes naming what is missing.
+
+    ``na_kernels``: the NA rows' K (default: the paper-scaled K, then the chapter's K when it differs);
+    ``small_kernel``: K of the small-K ΔConv student (default: the paper-scaled K; its folder is
+    ``student_dir(model, f"deltaconv-k{K}")``). Every row has ``kernel`` set where it has one K.
+    """
+    side = finest_grid_side(model)
+    scaled = paper_scaled_kernel(side)
+    small = int(small_kernel or scaled)
+    if na_kernels is None:
+        na_kernels = [scaled] + ([CHAPTER_NA_KERNEL[model]] if CHAPTER_NA_KERNEL[model] != scaled else [])
+    out = [Variant("self-attention (teacher)", "self-attention", "teacher"),
+           Variant("no self-attention", "none", "training-free (control)", "every attn1 outputs 0"),
+           Variant("uniform attention", "uniform", "training-free (control)", "every query: mean of all values")]
+    notes = []
+    for k in na_kernels:
+        roles = [r for r, kk in (("paper-scaled", scaled), ("chapter's K", CHAPTER_NA_KERNEL[model])) if kk == int(k)]
+        out.append(Variant(f"NA K={k}" + (f" ({', '.join(roles)})" if roles else ""), "na", "training-free",
+                           f"K={k}", options={"kernel_size": int(k)}, kernel=int(k)))
+    d = adapter_dir(model)
+    if (d / "adapter" / "config.json").exists():
+        out.append(Variant("ΔConv (shipped, H100 budget)", "deltaconv", "distilled on an H100 (see chapter 7)",
+                           "K=" + _kernel_of(d), d, kernel=_single_kernel(d)))
+    else:
+        notes.append(f"{model}: no shipped ΔConv student in {d}")
+    students = [("deltaconv", "ΔConv (CPU budget, from scratch)", "from fresh blocks"),
+                (f"deltaconv-k{small}", f"ΔConv K={small} (CPU budget, from scratch, paper-scaled K)", "from fresh blocks"),
+                ("linear", "LinFusion (CPU budget, from the teacher's weights)", "from the teacher's attn1 weights"),
+                ("linear-scratch", "LinFusion (CPU budget, from scratch)", "from fresh weights")]
+    for name, title, start in students:
+        d = student_dir(model, name)
+        if not (d / "adapter" / "config.json").exists():
+            script = "distill_cpu_comparison.sh" if name in ("deltaconv", "linear") else "distill_cpu_controls.sh"
+            notes.append(f"{model}: no CPU-budget student {title!r} in {d} (scripts/{script})")
+            continue
+        i = student_info(d)
+        method = "linear" if name.startswith("linear") else "deltaconv"
+        kernel = _single_kernel(d) if method == "deltaconv" else None
+        out.append(Variant(title, method, f"distilled on the CPU, {i.get('steps')} steps × batch {i.get('batch')}, "
+                                          f"{start}", "K=" + _kernel_of(d) if method == "deltaconv" else "hidden ratio 1",
+                           d, kernel=kernel))
+    return out, notes
+
+
+def _single_kernel(folder: Path) -> Optional[int]:
+    ks = _kernel_of(folder)
+    return int(ks) if ks.isdigit() else None
+
+
 @contextlib.contextmanager
 def variant_pipeline(model: str, variant: Variant, device="cpu", teacher=None) -> Iterator:
     """The pipeline of ``variant`` (the teacher converted in place for training-free variants, restored on exit;
@@ -145,12 +225,9 @@ def variant_pipeline(model: str, variant: Variant, device="cpu", teacher=None) -
     elif variant.method == "na":
         with neighborhood_attention(teacher, variant.options["kernel_size"]):
             yield teacher
-    elif variant.method == "window":
-        to_mixer(teacher, "window", **variant.options)
-        try:
+    elif variant.method in ("window", "none", "uniform"):   # training-free kinds of the one conversion mechanism
+        with mixer_applied(teacher, variant.method, **variant.options):
             yield teacher
-        finally:
-            restore_attention(teacher)
     else:
         yield load_mixer(load_pipeline(model, device=device), str(Path(variant.folder) / "adapter"), kind=variant.method)
 

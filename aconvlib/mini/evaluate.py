@@ -9,6 +9,11 @@ evaluated on unseen ``heldout`` images.
   (all 9 cells: empty or shape, plus colour and size of occupied cells) equals the prompt's.
 - FDD analogue: Fréchet distance between Gaussians fitted to the classifier's 256-d penultimate
   features of generated images and of real held-out images.
+
+:func:`evaluate_model` also returns the per-image results (``per_image``: 1 where the image's scene matches
+its prompt; ``features``: each image's classifier features; ``prompts``), from which
+:mod:`aconvlib.mini.intervals` computes the intervals (Wilson for adherence, bootstrap over images for the
+FDD analogue) and the paired differences of two conditions on the same prompts and noise.
 """
 from __future__ import annotations
 
@@ -144,6 +149,40 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
 
 
+def frechet_to(real_features: torch.Tensor):
+    """The Fréchet distance to fixed reference features as a function of generated features ``[n, d]`` (numpy
+    or torch): equal to ``frechet_distance(f, real_features)``, computed through the n×n Gram matrix
+    (tr sqrt(S1 S2) = Σ sqrt(eig(Y Yᵀ/(n−1))), Y = (f − mean) S2^{1/2}), so a bootstrap over a few dozen
+    generated images costs a small eigenproblem per resample, not a d×d one."""
+    b = real_features.double().numpy() if isinstance(real_features, torch.Tensor) else np.asarray(real_features,
+                                                                                                  np.float64)
+    mu2 = b.mean(0)
+    s2 = np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s2)
+    root = (v * np.sqrt(w.clip(min=0))) @ v.T                              # S2^{1/2}, symmetric
+    tr2 = float(np.trace(s2))
+
+    def distance(f) -> float:
+        a = f.double().numpy() if isinstance(f, torch.Tensor) else np.asarray(f, np.float64)
+        n = len(a)
+        mu1 = a.mean(0)
+        x = a - mu1                                                        # [n, d] centred
+        y = x @ root                                                       # [n, d]
+        ev = np.linalg.eigvalsh(y @ y.T / (n - 1)).clip(min=0)              # [n]  eig(S2^½ S1 S2^½) ≠ 0 part
+        tr1 = float((x * x).sum() / (n - 1))
+        return float(((mu1 - mu2) ** 2).sum() + tr1 + tr2 - 2 * np.sqrt(ev).sum())
+
+    return distance
+
+
+def real_features(n_real: int = 1000, classifier=None) -> torch.Tensor:
+    """The FDD reference: classifier features ``[n_real, 256]`` of the first ``n_real`` real held-out images
+    (the shipped classifier's are computed once per process)."""
+    if classifier is None:
+        return _real_features(n_real)
+    return predict(classifier, data.make_batch(range(n_real), 999, "heldout")["pixel_values"])["features"]
+
+
 @functools.lru_cache(maxsize=4)
 @torch.no_grad()
 def _real_features(n_real: int) -> torch.Tensor:
@@ -165,8 +204,13 @@ def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int
 
     Returns:
         dict with ``n_prompts``, ``prompt_adherence``, per-attribute agreement (``shape``, ``color``,
-        ``size``, ``position``) and ``fdd`` (Fréchet distance to ``n_real`` real held-out images);
-        plus ``images`` (N,3,height,width) in [0,1] when ``return_images``.
+        ``size``, ``position``) and ``fdd`` (Fréchet distance to ``n_real`` real held-out images), the
+        sampler (``steps``, ``guidance_scale``, ``scheduler``); the per-image results: ``per_image`` (list of
+        0/1, one per prompt in order: 1 where the classified scene equals the prompt's; its mean is
+        ``prompt_adherence``), ``features`` (tensor [N, 256], the classifier features the FDD analogue is
+        computed from), ``prompts`` (the captions, in order), ``seed`` and ``n_real`` (to rebuild the
+        reference with :func:`real_features`); plus ``images`` (N,3,height,width) in [0,1] when
+        ``return_images``. Intervals and paired differences: :mod:`aconvlib.mini.intervals`.
     """
     if isinstance(prompts, int):
         prompts = data.prompts(prompts, "heldout")
@@ -181,13 +225,11 @@ def evaluate_model(pipe, prompts: list[str] | int = 64, num_inference_steps: int
     pred = predict(clf, imgs * 2 - 1)
     lab = data.labels([data.parse_caption(p) for p in prompts])
     acc = attribute_accuracy(pred, lab)
-    if classifier is None:
-        real_features = _real_features(n_real)
-    else:
-        real_features = predict(clf, data.make_batch(range(n_real), 999, "heldout")["pixel_values"])["features"]
-    fdd = frechet_distance(pred["features"], real_features)
+    fdd = frechet_distance(pred["features"], real_features(n_real, classifier))
     res = {"n_prompts": len(prompts), "prompt_adherence": acc.pop("scene"), **acc, "fdd": fdd,
-           "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": type(pipe.scheduler).__name__}
+           "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": type(pipe.scheduler).__name__,
+           "per_image": [int(x) for x in scene_match(pred, lab).tolist()], "features": pred["features"],
+           "prompts": list(prompts), "seed": seed, "n_real": n_real}
     if return_images:
         res["images"] = imgs
     return res

@@ -1,0 +1,96 @@
+"""The control rows of issue 20 as a chapter shows them: one tidy table from the stored ``controls.json``.
+
+``scripts/eval_controls.py`` scores, on each embedded model and the same held-out prompts and noise, the teacher,
+self-attention removed, uniform attention, NA at the paper-scaled and the chapters' K, and the ΔConv / LinFusion
+students (:func:`aconvlib.mini.compare.control_variants`), with intervals. :func:`controls_table` reads its JSON
+into one row per model and row:
+
+``model, row, method, K, K/grid, n, k, adherence, adherence_lo, adherence_hi, fdd, fdd_lo, fdd_hi,
+d_adherence, d_adherence_lo, d_adherence_hi, adherence_difference, d_fdd, d_fdd_lo, d_fdd_hi, fdd_difference``
+
+(``d_*``: the row minus the teacher on the same prompts, paired bootstrap; ``*_difference``: its 95% interval
+excludes 0, the only case the book calls a difference; missing for the teacher itself).
+:func:`format_controls` turns it into the strings a chapter prints (``"81% [64%, 92%]"``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["CONTROL_COLUMNS", "controls_table", "format_controls"]
+
+CONTROL_COLUMNS = ["model", "row", "method", "K", "K/grid", "n", "k", "adherence", "adherence_lo", "adherence_hi",
+                   "fdd", "fdd_lo", "fdd_hi", "d_adherence", "d_adherence_lo", "d_adherence_hi", "adherence_difference",
+                   "d_fdd", "d_fdd_lo", "d_fdd_hi", "fdd_difference"]
+
+
+def _triple(est: Optional[dict], prefix: str) -> dict:
+    if not est:
+        return {prefix: float("nan"), f"{prefix}_lo": float("nan"), f"{prefix}_hi": float("nan")}
+    return {prefix: float(est["value"]), f"{prefix}_lo": float(est["lo"]), f"{prefix}_hi": float(est["hi"])}
+
+
+def controls_table(path, models=None):
+    """``(meta, DataFrame)`` of a stored ``controls.json`` (columns :data:`CONTROL_COLUMNS`, rows in the stored
+    order), only ``models`` if given; ``(None, None)`` with a printed line when the file does not exist."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        print(f"{path} not found: it is produced by scripts/eval_controls.py; nothing stored to show.")
+        return None, None
+    data = json.loads(path.read_text())
+    rows = []
+    for r in data.get("rows", []):
+        if models is not None and r["model"] not in models:
+            continue
+        d = r.get("diff_to_teacher") or {}
+        rows.append({"model": r["model"], "row": r["row"], "method": r["method"],
+                     "K": pd.NA if r.get("K") is None else int(r["K"]),
+                     "K/grid": float("nan") if r.get("K/grid") is None else float(r["K/grid"]),
+                     "n": int(r["n"]), "k": int(r["k"]), **_triple(r["adherence"], "adherence"),
+                     **_triple(r["fdd"], "fdd"), **_triple(d.get("adherence"), "d_adherence"),
+                     "adherence_difference": d.get("adherence_is_difference", pd.NA),
+                     **_triple(d.get("fdd"), "d_fdd"), "fdd_difference": d.get("fdd_is_difference", pd.NA)})
+    frame = pd.DataFrame(rows, columns=CONTROL_COLUMNS)
+    frame["K"] = frame["K"].astype("Int64")
+    for c in ("adherence_difference", "fdd_difference"):
+        frame[c] = frame[c].astype("boolean")
+    return data.get("meta", {}), frame
+
+
+def _interval(v, lo, hi, pct: bool, signed: bool = False) -> str:
+    if v != v:   # NaN
+        return "—"
+    if pct:
+        f = (lambda x: f"{x * 100:+.0f}%") if signed else (lambda x: f"{x * 100:.0f}%")
+    else:
+        f = (lambda x: f"{x:+.0f}") if signed else (lambda x: f"{x:.0f}")
+    return f"{f(v)} [{f(lo)}, {f(hi)}]"
+
+
+def format_controls(frame):
+    """The table of :func:`controls_table` as strings for a chapter: model, row, K, K/grid, adherence (k/n and
+    Wilson 95%), FDD analogue (bootstrap 95%), the differences to the teacher (paired bootstrap 95%) and
+    "difference?" (the interval excludes 0)."""
+    import pandas as pd
+
+    def yes(x):
+        return "—" if x is pd.NA or x is None else ("yes" if bool(x) else "no")
+
+    out = pd.DataFrame({
+        "model": frame["model"], "row": frame["row"],
+        "K": frame["K"].map(lambda k: "—" if k is pd.NA else str(int(k))),
+        "K/grid": frame["K/grid"].map(lambda x: "—" if x != x else f"{x:.2f}"),
+        "adherence": [f"{k}/{n} · " + _interval(v, lo, hi, True) for k, n, v, lo, hi in
+                      zip(frame["k"], frame["n"], frame["adherence"], frame["adherence_lo"], frame["adherence_hi"])],
+        "FDD analogue": [_interval(v, lo, hi, False) for v, lo, hi in zip(frame["fdd"], frame["fdd_lo"], frame["fdd_hi"])],
+        "Δ adherence vs teacher": [_interval(v, lo, hi, True, True) for v, lo, hi in
+                                   zip(frame["d_adherence"], frame["d_adherence_lo"], frame["d_adherence_hi"])],
+        "difference? (adherence)": frame["adherence_difference"].map(yes),
+        "Δ FDD vs teacher": [_interval(v, lo, hi, False, True) for v, lo, hi in
+                             zip(frame["d_fdd"], frame["d_fdd_lo"], frame["d_fdd_hi"])],
+        "difference? (FDD)": frame["fdd_difference"].map(yes),
+        "n": frame["n"]})
+    return out.reset_index(drop=True)

@@ -1,0 +1,217 @@
+"""The control rows of issue 20 on the embedded models, with intervals (CPU, resumable).
+
+    python scripts/eval_controls.py --n-prompts 32          # every row of aconvlib.mini.compare.control_variants
+
+Per model (``mini-sd``, ``mini-dit``): the teacher; self-attention removed (``none``); uniform attention
+(``uniform``); NA with the paper's K scaled to the finest grid (13/64 of the side) and with the chapters' K; the
+shipped ΔConv student; the CPU-budget ΔConv students at the paper's K and at the scaled K; the CPU-budget
+LinFusion-style students from the teacher's weights and from scratch. Every row: the first ``--n-prompts``
+held-out prompts, the default sampler (DPM-Solver++, 20 steps, CFG 4.5), seed 0 — the same prompts and initial
+noise for every row — scored by ``aconvlib.mini.evaluate.evaluate_model``; adherence k/n with its Wilson 95%
+interval, the FDD analogue with a bootstrap 95% interval over images, and the paired difference to the teacher
+(adherence: paired bootstrap over prompts; FDD: paired bootstrap over images) with "difference" = its interval
+excludes 0 (``aconvlib.mini.intervals``).
+
+Writes ``benchmarks/results/cpu_controls/controls.json`` (rows) and ``features.npz`` (each row's classifier
+features, float32, for the FDD intervals) atomically after every row, progress to stdout; rows already there are
+skipped, so a killed run resumes with the same command. Rows whose student folder is missing are named and
+skipped (rerun once it exists). Threads: ``--threads`` (default 1).
+
+    python scripts/eval_controls.py --n-prompts 32 --recompute-intervals   # no sampling: intervals from the stored
+                                                                           # per-image results and features
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aconvlib.mini import dataset as data
+from aconvlib.mini.compare import (CHAPTER_NA_KERNEL, PAPER_K_FRACTION, control_variants, finest_grid_side,
+                                   paper_scaled_kernel, student_info, variant_pipeline)
+from aconvlib.mini.evaluate import evaluate_model, real_features
+from aconvlib.mini.intervals import (adherence_estimate, as_record, fdd_bootstrap_median, fdd_estimate,
+                                     paired_difference)
+from aconvlib.mixers.neighborhood import clip_kernel
+from aconvlib.models import get_denoiser, load_pipeline, self_attention_layers
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "cpu_controls"
+TEACHER = "self-attention (teacher)"
+
+
+def kernel_per_level(v, grids) -> str | None:
+    """K on each grid level, finest first: NA clips K to the grid (odd); ΔConv uses the adapter's K everywhere."""
+    if v.kernel is None:
+        return None
+    return "/".join(str(clip_kernel(v.kernel, g) if v.method == "na" else v.kernel) for g in grids)
+
+
+def folder_name(folder) -> str | None:
+    if folder is None:
+        return None
+    folder = Path(folder).resolve()
+    return str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"meta": {}, "rows": []}
+
+
+def save_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+
+
+def save_features(path: Path, feats: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **feats)
+    tmp.replace(path)
+
+
+def key(model: str, label: str) -> str:
+    return f"{model}|{label}"
+
+
+def intervals(r: dict, teacher: dict | None, reference, n_boot: int) -> dict:
+    """The interval fields of one row from its evaluator result ``r`` (per_image, features, fdd) and the teacher's."""
+    fdd = as_record(fdd_estimate(r, reference, n_boot=n_boot))
+    fdd["boot_median"] = round(fdd_bootstrap_median(r, reference, n_boot=n_boot), 6)
+    out = {"k": int(sum(r["per_image"])), "adherence": as_record(adherence_estimate(r)), "fdd": fdd,
+           "diff_to_teacher": None}
+    if teacher is not None:
+        d = paired_difference(r, teacher, reference, n_boot=n_boot)
+        out["diff_to_teacher"] = {"adherence": as_record(d["adherence"]),
+                                  "adherence_is_difference": d["adherence_is_difference"],
+                                  "fdd": as_record(d["fdd"]), "fdd_is_difference": d["fdd_is_difference"]}
+    return out
+
+
+def stored_result(row: dict, feats: dict, prompts, args) -> dict:
+    return {"per_image": row["per_image"], "features": feats[key(row["model"], row["row"])], "fdd": row["fdd"]["value"],
+            "prompts": prompts, "seed": args.seed, "n_real": args.n_real}
+
+
+def recompute(res: dict, feats: dict, prompts, reference, args) -> None:
+    for r in res["rows"]:
+        t = next(x for x in res["rows"] if x["model"] == r["model"] and x["row"] == TEACHER)
+        teacher = None if r is t else stored_result(t, feats, prompts, args)
+        r.update(intervals(stored_result(r, feats, prompts, args), teacher, reference, args.n_boot))
+        print(r["model"], r["row"], "recomputed", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--models", nargs="+", default=["mini-sd", "mini-dit"], choices=["mini-sd", "mini-dit"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance-scale", type=float, default=4.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-real", type=int, default=1000)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--recompute-intervals", action="store_true",
+                    help="recompute every stored row's intervals from its per-image results and features (no sampling)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    path, fpath = args.out / "controls.json", args.out / "features.npz"
+    res = load(path)
+    feats = dict(np.load(fpath)) if fpath.exists() else {}
+    if res["rows"] and res["meta"].get("n_prompts") != args.n_prompts:
+        sys.exit(f"{path} holds rows on {res['meta'].get('n_prompts')} prompts, not {args.n_prompts}: resume with "
+                 f"--n-prompts {res['meta'].get('n_prompts')} or write elsewhere (--out)")
+    started = res["meta"].get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    command = "python scripts/eval_controls.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    previous = res["meta"]
+    res["meta"] = {
+        "what": "issue 20 controls on the embedded models (aconvlib.mini.compare.control_variants)",
+        "command": previous.get("command", command) if args.recompute_intervals else command,
+        "machine": f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)), "
+                   "shared with other jobs", "torch": torch.__version__, "n_prompts": args.n_prompts,
+        "prompts": "the first n held-out prompts (aconvlib.mini.dataset.prompts(n, 'heldout'))",
+        "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed, "n_real": args.n_real,
+        "n_boot": args.n_boot, "conf": 0.95,
+        "paper_k_fraction": PAPER_K_FRACTION, "chapter_na_kernel": CHAPTER_NA_KERNEL,
+        "finest_grid_side": {m: finest_grid_side(m) for m in args.models},
+        "paper_scaled_kernel": {m: paper_scaled_kernel(finest_grid_side(m)) for m in args.models},
+        "intervals": {"adherence": "Wilson 95% (k of n images)", "fdd": "percentile bootstrap 95% over images",
+                      "difference": "row − teacher on the same prompts and noise: paired percentile bootstrap 95% "
+                                    "(adherence over prompts, FDD over images); 'difference' = interval excludes 0"},
+        "started": started, "notes": [], **{k: v for k, v in previous.items() if k in ("finished", "wall_seconds")}}
+    prompts = data.prompts(args.n_prompts, "heldout")
+    reference = real_features(args.n_real)
+    if args.recompute_intervals:
+        res["meta"]["notes"] = [n for m in args.models for n in control_variants(m)[1]]
+        res["meta"]["intervals_recomputed"] = {"command": command,
+                                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        recompute(res, feats, prompts, reference, args)
+        save_json(path, res)
+        return
+    kw = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, n_real=args.n_real)
+    order = {}
+    for m in args.models:
+        variants, notes = control_variants(m)
+        res["meta"]["notes"] += notes
+        for i, v in enumerate(variants):
+            order[key(m, v.label)] = (args.models.index(m), i)
+        for n in notes:
+            print("note:", n, flush=True)
+        done = {r["row"] for r in res["rows"] if r["model"] == m}
+        if all(v.label in done for v in variants):
+            continue
+        teacher_pipe = load_pipeline(m)
+        grids = sorted({lay.grid for lay in self_attention_layers(get_denoiser(teacher_pipe))}, reverse=True)
+        side = grids[0][0]
+        trow = next((r for r in res["rows"] if r["model"] == m and r["row"] == TEACHER), None)
+        teacher = None if trow is None else stored_result(trow, feats, prompts, args)
+        for v in variants:
+            if v.label in done:
+                continue
+            if v.label != TEACHER and teacher is None:
+                raise RuntimeError("the teacher row must come first (control_variants puts it first)")
+            t0 = time.time()
+            with variant_pipeline(m, v, "cpu", teacher_pipe) as pipe:
+                r = evaluate_model(pipe, prompts, **kw)
+            seconds = time.time() - t0
+            r["features"] = r["features"].numpy()
+            row = {"model": m, "row": v.label, "method": v.method, "training": v.training, "setting": v.setting,
+                   "K": v.kernel, "grid": side, "K/grid": None if v.kernel is None else round(v.kernel / side, 4),
+                   "K_per_level": kernel_per_level(v, grids), "folder": folder_name(v.folder),
+                   "n": len(prompts), **intervals(r, None if v.label == TEACHER else teacher, reference, args.n_boot),
+                   **{c: r[c] for c in ("shape", "color", "size", "position")},
+                   "per_image": r["per_image"], "seconds": round(seconds, 1)}
+            if v.folder is not None and v.method != "self-attention":
+                info = student_info(Path(v.folder))
+                row["student"] = {k: info.get(k) for k in ("steps", "batch", "samples", "minutes", "final_loss")}
+                cfg = json.loads((Path(v.folder) / "adapter" / "config.json").read_text())
+                if "init" in cfg or v.method == "linear":
+                    row["student"]["init"] = cfg.get("init", "teacher")
+            if v.label == TEACHER:
+                teacher = r
+            feats[key(m, v.label)] = r["features"].astype(np.float32)
+            res["rows"].append(row)
+            res["rows"].sort(key=lambda x: order.get(key(x["model"], x["row"]), (99, 99)))
+            save_features(fpath, feats)     # features first: a row in the JSON always has its features
+            save_json(path, res)
+            print(json.dumps({k: row[k] for k in ("model", "row", "k", "n", "adherence", "fdd", "diff_to_teacher",
+                                                  "seconds")}), flush=True)
+    missing = res["meta"]["notes"]
+    res["meta"]["wall_seconds"] = round(sum(r["seconds"] for r in res["rows"]), 1)
+    if not missing:
+        res["meta"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save_json(path, res)
+    print("done" if not missing else f"done except {len(missing)} missing student(s): rerun once they exist", flush=True)
+
+
+if __name__ == "__main__":
+    main()
