@@ -188,7 +188,9 @@ def test_erf_table_and_summary():
     sweep = pd.DataFrame([{"model": "m", "K": None, "grid": 16, "n_prompts": 4, "prompt_adherence": 0.5},
                           {"model": "m", "K": 3, "grid": 16, "n_prompts": 4, "prompt_adherence": 0.5}])
     md = summary_markdown(["m"], table1_comparison(), t3, "live", sweep, {"m": t}, 0.05)
-    assert "NA K=3: 25% / 20" in md and "smallest K" in md and "0.988" in md
+    assert "NA K=3: 25% [5%, 70%] / 20" in md and "smallest K" in md and "0.988" in md   # adherence with its Wilson interval
+    assert "ΔConv on par" not in md and "worse in FDD vs linfusion on sd15_512" in md    # Table 3 computed, not "match or beat"
+    assert "uniform field at the same positions 9" in md
     assert "(within 25.0%, 4 prompts): 3 (0.19 of the 16-token side)" in md   # one prompt of 4 > 5%
 
 
@@ -234,3 +236,85 @@ def test_block_frame_states_the_stored_benchmarks_ratios():
     assert block_frame({"rows": [dict(row, sdpa_ms=1 / 3)]}).loc[("m", 1024, "fwd"), "sdpa_ms"] == 0.3333  # 4 digits
     with pytest.raises(ValueError, match="no row with both"):
         block_frame({"rows": [skipped]})
+
+
+# ---------------------------------------------------------------- issue 20: chapter 8's statements, computed
+def test_uniform_erf_at_all_positions_is_the_uniform_erf():
+    from aconvlib.analysis.evidence import uniform_erf
+    from aconvlib.analysis.receptive_field import erf_positions
+    from aconvlib.book.comparison import uniform_erf_at
+
+    for g in [(16, 16), (8, 8), (6, 10)]:
+        every = [(r, c) for r in range(g[0]) for c in range(g[1])]
+        assert uniform_erf_at(g, every) == uniform_erf(g)
+    assert uniform_erf_at((16, 16), erf_positions((16, 16), 3)) == 19     # the 3×3 lattice of chapter 8
+
+
+def _erf_frame(teacher, student, uniform, lin=None):
+    import pandas as pd
+
+    d = {"ERF teacher": teacher, "ERF ΔConv (shipped)": student, "ERF uniform": uniform}
+    if lin is not None:
+        d["ERF LinFusion (CPU budget)"] = lin
+    return pd.DataFrame(d)
+
+
+def test_fig9_verdict_rules():
+    from aconvlib.book.comparison import fig9_verdict
+
+    # mini-dit-like: teacher narrower than uniform, student wider by 4 in every layer -> fails
+    v = fig9_verdict("m", _erf_frame([12] * 6, [16] * 6, [19] * 6, [19] * 6))
+    assert v.verdict == "fails" and "LinFusion (CPU budget) 19" in v.deciding
+    # teacher as wide as the uniform field -> agreement says nothing
+    v = fig9_verdict("m", _erf_frame([39, 19, 11], [39, 19, 11], [39, 19, 11]))
+    assert v.verdict == "not testable here" and "sd15" in v.how_to_test
+    # close agreement on a local teacher -> holds
+    assert fig9_verdict("m", _erf_frame([9, 9, 11, 9], [9, 11, 11, 9], [19] * 4)).verdict == "holds"
+    # mini-dit's stored pattern: wider by 0-6 per layer; a difference, but not beyond ±2 -> not testable, said so
+    v = fig9_verdict("m", _erf_frame([13, 9, 9, 11, 17, 19], [17, 15, 15, 15, 17, 17], [19] * 6))
+    assert v.verdict == "not testable here" and "excludes 0 (a difference)" in v.deciding
+
+
+def test_paper_table3_comparison_is_not_match_or_beat():
+    from aconvlib.book.distill_claims import paper_table3_comparison
+
+    c = paper_table3_comparison().set_index(["base", "against", "metric"])["ΔConv is"]
+    assert c[("sd15_512", "linfusion", "FDD")] == "worse"
+    assert c[("pixart_512", "self_attention", "FDD")] == "worse"
+    assert c[("sdxl_1024", "self_attention", "CLIP")] == "worse"
+    assert c[("pixart_1024", "self_attention", "CLIP")] == "worse"
+    assert c[("sd15_512", "self_attention", "FDD")] == "better"        # 210.86 -> 200.15 (lower is better)
+
+
+def test_k_over_grid():
+    from aconvlib.book.comparison import k_over_grid
+
+    r = k_over_grid({"mini-dit": 5, "mini-sd": 7}, {"mini-dit": 16, "mini-sd": 32})
+    assert r["mini-dit"] == pytest.approx(0.3125) and r["paper"] == pytest.approx(13 / 64)
+
+
+def test_student_budget_totals_all_runs():
+    from aconvlib.book.distill_claims import student_budget
+    from aconvlib.mini import adapter_dir
+
+    b = student_budget(adapter_dir("mini-dit"))
+    assert b["runs"] == 3 and b["steps_total"] == 3281 + 1000 + 3695 and b["steps_last_run"] == 3695
+
+
+def test_quality_and_cross_resolution_verdicts():
+    from aconvlib.book.distill_claims import cross_resolution_verdict, quality_verdict
+
+    t = {"n_prompts": 512, "prompt_adherence": 504 / 512, "fdd": 98.3}
+    s = {"n_prompts": 512, "prompt_adherence": 499 / 512, "fdd": 98.9}
+    assert quality_verdict("m", t, s, chapter="07").verdict == "holds"
+    assert quality_verdict("m", {"n_prompts": 32, "prompt_adherence": 1.0}, {"n_prompts": 32, "prompt_adherence": 10 / 32},
+                           chapter="08").verdict == "fails"
+    small = quality_verdict("m", {"n_prompts": 16, "prompt_adherence": 1.0}, {"n_prompts": 16, "prompt_adherence": 15 / 16},
+                            chapter="07")
+    assert small.verdict == "not testable here" and "prompts per arm" in small.how_to_test
+    floor = cross_resolution_verdict("m", {"n_prompts": 8, "prompt_adherence": 0.0}, {"n_prompts": 8, "prompt_adherence": 0.0},
+                                     128, 64, chapter="07", floor_how_to_test="sd15 at 1024 px")
+    assert floor.verdict == "not testable here" and "floor" in floor.deciding
+    worse = cross_resolution_verdict("m", {"n_prompts": 8, "prompt_adherence": 5 / 8}, {"n_prompts": 8, "prompt_adherence": 0.0},
+                                     128, 64, chapter="07", floor_how_to_test="x")
+    assert worse.verdict == "fails"

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["RealComparison", "erf_table", "real_comparison", "stored_rows", "summary_markdown", "variant_row"]
+__all__ = ["RealComparison", "erf_table", "fig9_verdict", "k_over_grid", "real_comparison", "stored_rows", "summary_markdown",
+           "uniform_erf_at", "variant_row"]
 
 
 def stored_rows(path) -> tuple[Optional[dict], Optional[object]]:
@@ -40,6 +41,13 @@ def variant_row(frame, model: str, variant: str):
     return None if r.empty else r.iloc[0]
 
 
+def _adh(row) -> str:
+    from .distill_claims import adherence_estimate
+
+    e = adherence_estimate(row)
+    return f"{e.value:.0%} [{e.lo:.0%}, {e.hi:.0%}]"
+
+
 def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, sweep=None, erf_tables=None,
                      tolerance: float = 0.05) -> str:
     """The chapter's closing "paper vs ours" table (markdown) from the same frames its sections printed:
@@ -52,6 +60,13 @@ def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, 
     same = (table1["LinFusion paper tokens"] - tokens).abs() <= 0.01 * tokens   # rows whose paper entry uses our frame
     lf = table1.loc[same, "LinFusion ours/paper"]
     lf1 = table1.loc[same, "LinFusion ours (1 head)/paper"]
+    from .distill_claims import paper_table3_comparison
+
+    cmp = paper_table3_comparison()
+    worse = cmp[cmp["ΔConv is"] == "worse"]
+    paper_t3 = (f"ΔConv better than the teacher or baseline in {int((cmp['ΔConv is'] == 'better').sum())} of {len(cmp)} "
+                "(model, method, metric) cells, worse in " + ", ".join(f"{r.metric} vs {r.against} on {r.base}"
+                                                                     for r in worse.itertuples()) + " (no intervals)")
     lines = ["| | the paper (real models) | ours (embedded models) |", "|---|---|---|",
              "| FLOPs (Table 1) | ΔConv < LinFusion < self-attention from 1024 px; DiTFastAttn 0.7–0.97× attention | "
              f"same ordering (our count); LinFusion ours / paper {lf.min():.2f}–{lf.max():.2f} with the module's heads, "
@@ -60,9 +75,9 @@ def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, 
         rows = table3[table3["model"] == m]
         if rows.empty:
             continue
-        cells = [f"{r['variant']}: {r['prompt_adherence']:.0%} / {r['fdd']:.0f}" for _, r in rows.iterrows()]
+        cells = [f"{r['variant']}: {_adh(r)} / {r['fdd']:.0f}" for _, r in rows.iterrows()]
         source = rows["source"].iloc[0] if "source" in rows else table3_source
-        lines.append(f"| Table 3, {m} | ΔConv on par with or better than the teacher and the baselines (DS, FDD, CLIP) | "
+        lines.append(f"| Table 3, {m} | {paper_t3} | "
                      f"prompt adherence / FDD analogue, {int(rows['n_prompts'].iloc[0])} held-out prompts ({source}): "
                      + "; ".join(cells) + " |")
     if sweep is not None:
@@ -75,33 +90,111 @@ def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, 
                          f"{int(f['n_prompts'].iloc[0])} prompts): {describe_smallest_kernel(f, smallest_kernel_keeping(f, tolerance))} |")
     for m, t in (erf_tables or {}).items():
         lines.append(f"| Fig. 9, {m} | the ΔConv model's ERF closely matches the teacher's | median gradient ERF: teacher "
-                     f"{t['ERF teacher'].median():.0f}, ΔConv student {t['ERF ΔConv (shipped)'].median():.0f} "
-                     f"(grids {', '.join(dict.fromkeys(t['grid']))}) |")
+                     f"{t['ERF teacher'].median():.0f}, ΔConv student {t['ERF ΔConv (shipped)'].median():.0f}"
+                     + (f", uniform field at the same positions {t['ERF uniform'].median():.0f}" if "ERF uniform" in t else "")
+                     + f" ({len(t)} layers; grids {', '.join(dict.fromkeys(t['grid']))}) |")
     return "\n".join(lines)
 
 
-def erf_table(fields: Mapping[str, Sequence], labels: Optional[Mapping[str, str]] = None):
+def uniform_erf_at(grid, positions, threshold: float = 0.8) -> int:
+    """ERF of the uniform field (every input token weighted 1/N) measured exactly like a gradient ERF: the same
+    output ``positions`` and the same clipped centred windows (:func:`~aconvlib.analysis.locality.asm_curve`). With
+    every grid position it equals :func:`aconvlib.analysis.evidence.uniform_erf`. A measured ERF equal to it shows
+    no locality at those positions."""
+    import torch
+
+    from ..analysis.locality import asm_curve, erf, odd_kernel_sizes
+
+    grid = (int(grid[0]), int(grid[1]))
+    n = grid[0] * grid[1]
+    pos = [(int(r), int(c)) for r, c in positions]
+    ks = odd_kernel_sizes(grid)
+    a = torch.full((len(pos), n), 1.0 / n, dtype=torch.float64)
+    curve = asm_curve(a, grid, ks, query_index=torch.tensor([r * grid[1] + c for r, c in pos]))
+    return int(erf(curve, ks, threshold))
+
+
+def erf_table(fields: Mapping[str, Sequence], labels: Optional[Mapping[str, str]] = None, uniform: bool = True):
     """One row per layer: grid, and per pipeline (``fields``: label → list of
     :class:`~aconvlib.analysis.receptive_field.ReceptiveField`, same layers in the same order) its ERF, ERF / grid
     side and the mass inside the centred window of the *first* pipeline's ERF (how much of the second pipeline's
-    field lies where the first one holds 80% of its own)."""
+    field lies where the first one holds 80% of its own). Every column uses the same output positions (the first
+    pipeline's; a pipeline measured at other positions is an error), and with ``uniform`` the column
+    ``ERF uniform`` gives the uniform field's ERF at those positions (:func:`uniform_erf_at`)."""
     import pandas as pd
 
     names = list(fields)
     first = fields[names[0]]
     rows = []
     for i, ref in enumerate(first):
-        row = {"layer": (labels or {}).get(ref.name, ref.name), "grid": f"{ref.grid[0]}×{ref.grid[1]}"}
+        row = {"layer": (labels or {}).get(ref.name, ref.name), "grid": f"{ref.grid[0]}×{ref.grid[1]}",
+               "positions": len(ref.positions)}
+        if uniform:
+            row["ERF uniform"] = uniform_erf_at(ref.grid, ref.positions, ref.threshold)
         for n in names:
             rf = fields[n][i]
             if rf.name != ref.name:
                 raise ValueError(f"layer {i}: {n} has {rf.name}, {names[0]} has {ref.name}")
+            if [tuple(p) for p in rf.positions] != [tuple(p) for p in ref.positions]:
+                raise ValueError(f"layer {ref.name}: {n} was measured at other output positions than {names[0]}")
             row[f"ERF {n}"] = rf.erf
             row[f"ERF/side {n}"] = rf.relative
             k = int(ref.erf)
             row[f"mass in {names[0]}'s ERF window, {n}"] = rf.mass_within(k) if k in rf.kernel_sizes else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fig9_verdict(model: str, table, student: str = "ΔConv (shipped)", tolerance: float = 2.0,
+                 chapter: str = "08_comparison", others: Sequence[str] = ("LinFusion (CPU budget)",)):
+    """Fig. 9 ("the student's ERF closely matches the teacher's") on one model, from :func:`erf_table`'s frame.
+
+    *Not testable* when the teacher's ERF is not narrower than the uniform field's at the same positions (median
+    over layers of teacher − uniform ≥ 0): agreement with a field that has no locality says nothing. Otherwise the
+    per-layer difference student − teacher (n = layers) gets a 95% bootstrap interval of its mean: *holds* when the
+    interval lies within ±``tolerance`` (one odd window step by default), *fails* when it excludes 0 and leaves
+    that band, else not testable (too few layers)."""
+    import numpy as np
+
+    from ..analysis.evidence import FAILS, HOLDS, NOT_TESTABLE, Verdict, bootstrap_interval, is_difference
+
+    t, s, u = table["ERF teacher"].to_numpy(float), table[f"ERF {student}"].to_numpy(float), table["ERF uniform"].to_numpy(float)
+    d = s - t
+    lo, hi = bootstrap_interval(d) if len(d) > 1 and d.std() > 0 else (float(d.mean()), float(d.mean()))
+    no_locality = float(np.median(t - u)) >= 0
+    if no_locality:
+        verdict = NOT_TESTABLE
+    elif -tolerance <= lo and hi <= tolerance:
+        verdict = HOLDS
+    elif is_difference((lo, hi)) and (lo > tolerance or hi < -tolerance):
+        verdict = FAILS
+    else:
+        verdict = NOT_TESTABLE
+    extra = "; ".join(f"{o} {np.median(table[f'ERF {o}']):.0f} (per layer {', '.join(f'{v:.0f}' for v in table[f'ERF {o}'])})"
+                      for o in others if f"ERF {o}" in table)
+    deciding = (f"median gradient ERF teacher {np.median(t):.0f}, {student} {np.median(s):.0f}, uniform field at the same "
+                f"positions {np.median(u):.0f}; student − teacher per layer mean {d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] "
+                f"(bootstrap 95% over {len(d)} layers), tolerance ±{tolerance:g}"
+                + ("; the interval excludes 0 (a difference) but not the tolerance band"
+                   if verdict == NOT_TESTABLE and not no_locality and is_difference((lo, hi)) else "")
+                + (f"; {extra}" if extra else ""))
+    how = ""
+    if verdict == NOT_TESTABLE:
+        how = ("a model whose teacher's ERF is narrower than the uniform field's, on a grid larger than the student's "
+               "kernels, e.g. sd15 or pixart-sigma-1024 + released ΔConv weights on a GPU: aconv book 08 --profile full"
+               if no_locality else f"more layers or images (n = {len(d)} layers here)")
+    return Verdict(claim="Fig. 9", model=model, verdict=verdict, deciding=deciding, n=len(d),
+                   baseline=f"uniform field at the same output positions: median ERF {np.median(u):.0f}",
+                   how_to_test=how, chapter=chapter,
+                   numbers={"teacher_median": float(np.median(t)), "student_median": float(np.median(s)),
+                            "uniform_median": float(np.median(u)), "diff_lo": float(lo), "diff_hi": float(hi)})
+
+
+def k_over_grid(kernels: Mapping[str, int], grids: Mapping[str, int], paper_k: int = 13, paper_side: int = 64) -> dict:
+    """K / grid side per model (largest attention grid), next to the paper's 13/64: ``{model: ratio, "paper": r}``."""
+    out = {m: int(k) / int(grids[m]) for m, k in kernels.items()}
+    out["paper"] = paper_k / paper_side
+    return out
 
 
 @dataclass
