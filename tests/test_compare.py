@@ -318,3 +318,11 @@ def test_quality_and_cross_resolution_verdicts():
     worse = cross_resolution_verdict("m", {"n_prompts": 8, "prompt_adherence": 5 / 8}, {"n_prompts": 8, "prompt_adherence": 0.0},
                                      128, 64, chapter="07", floor_how_to_test="x")
     assert worse.verdict == "fails"
+
+
+def test_adherence_estimate_uses_per_image_results():
+    from aconvlib.book.distill_claims import adherence_estimate
+
+    e = adherence_estimate({"n_prompts": 4, "prompt_adherence": 0.5, "per_image": [1, 1, 1, 0]})
+    assert e.value == 0.75 and e.n == 4                  # the per-image results decide, not the rounded share
+    assert adherence_estimate({"n_prompts": 32, "prompt_adherence": 10 / 32}).value == 10 / 32

@@ -56,8 +56,10 @@ def adherence_estimate(row: Mapping):
 
     n = int(row["n_prompts"])
     per = row.get("per_image") if hasattr(row, "get") else None
-    if per and "scene" in per:
-        k = int(sum(bool(x) for x in per["scene"]))
+    if isinstance(per, dict):              # {"scene": [0/1, ...]}
+        per = per.get("scene")
+    if isinstance(per, (list, tuple)) and len(per) == n:   # evaluate_model's per_image: 1 where the scene matches
+        k = int(sum(bool(x) for x in per))
     else:
         k = int(round(float(row["prompt_adherence"]) * n))
     return proportion(k, n)
