@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-__all__ = ["CLAIMS", "collect", "details_markdown", "matrix", "matrix_markdown", "readme_table", "show"]
+__all__ = ["CLAIMS", "collect", "details_markdown", "glue_recorded", "matrix", "matrix_markdown", "readme_table", "show"]
 
 # claim id → (the paper's statement, in short; the chapter that tests it). Order: the paper's.
 CLAIMS = {
@@ -48,6 +48,31 @@ def show(verdicts: Iterable, key: Optional[str] = None):
 
         glue(key or f"verdicts_{chapter}", Markdown(text), display=False)
     except ImportError:   # outside the book build (plain Jupyter without myst-nb)
+        pass
+    return text
+
+
+def glue_recorded(key: Optional[str] = None) -> str:
+    """Display and glue (for the chapter's opening) every verdict this chapter has recorded so far with
+    :func:`aconvlib.book.records.record_verdict`; returns the Markdown list."""
+    from IPython.display import Markdown, display
+
+    from ..analysis.evidence import Verdict
+    from .records import current
+
+    rec = current()
+    lines = []
+    for d in rec.verdicts.values():
+        fields = {k: d.get(k) for k in ("claim", "model", "verdict", "deciding", "n", "baseline", "how_to_test",
+                                        "chapter")}
+        lines.append(f"- {Verdict(**fields).sentence()}")
+    text = "\n".join(lines) or "- (no verdict recorded under this profile)"
+    display(Markdown(text))
+    try:
+        from myst_nb import glue
+
+        glue(key or f"verdicts_{rec.chapter or 'chapter'}", Markdown(text), display=False)
+    except ImportError:
         pass
     return text
 
