@@ -278,3 +278,129 @@ def test_controls_on_the_mini_pipelines():
             assert img.shape == ref.shape and torch.isfinite(img).all() and not torch.allclose(img, ref, atol=1e-3)
             restore_attention(pipe)
         assert torch.equal(pipe(["a red circle"], generator=torch.Generator().manual_seed(0), **kw).images, ref)
+
+
+# ------------------------------------------------------------------------------------------------ per-image results
+def test_evaluate_model_returns_per_image_results_that_rebuild_its_numbers():
+    from aconvlib.mini import dataset as data
+    from aconvlib.mini.evaluate import evaluate_model, frechet_distance, real_features
+    from aconvlib.models import load_pipeline
+
+    prompts = data.prompts(4, "heldout")
+    res = evaluate_model(load_pipeline("mini-dit"), prompts, num_inference_steps=3, n_real=64)
+    keys = {"n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd", "steps", "guidance_scale",
+            "scheduler"}
+    assert keys <= set(res)                                          # the existing keys, unchanged
+    assert res["prompts"] == prompts and res["seed"] == 0 and res["n_real"] == 64
+    assert len(res["per_image"]) == 4 and set(res["per_image"]) <= {0, 1}
+    assert sum(res["per_image"]) / 4 == res["prompt_adherence"]
+    assert res["features"].shape == (4, 256)
+    assert frechet_distance(res["features"], real_features(64)) == pytest.approx(res["fdd"], rel=1e-9)
+
+
+@pytest.mark.parametrize("n,d", [(40, 8), (24, 64)])
+def test_frechet_to_equals_frechet_distance(n, d):
+    from aconvlib.mini.evaluate import frechet_distance, frechet_to
+
+    g = torch.Generator().manual_seed(n)
+    real = torch.randn(300, d, generator=g) @ torch.randn(d, d, generator=g) * 0.3
+    gen = torch.randn(n, d, generator=g) + 0.5
+    assert frechet_to(real)(gen) == pytest.approx(frechet_distance(gen, real), rel=1e-6, abs=1e-6)
+    assert frechet_to(real)(gen.numpy()) == pytest.approx(frechet_distance(gen, real), rel=1e-6, abs=1e-6)
+
+
+def _fake(per_image, features, prompts=None):
+    from aconvlib.mini.evaluate import frechet_distance
+
+    return {"per_image": list(per_image), "prompt_adherence": float(np.mean(per_image)), "features": features,
+            "fdd": frechet_distance(features, _REAL), "prompts": prompts or [f"p{i}" for i in range(len(per_image))],
+            "seed": 0, "n_real": len(_REAL)}
+
+
+_REAL = torch.randn(200, 6, generator=torch.Generator().manual_seed(5))
+
+
+def test_intervals_and_paired_differences():
+    from aconvlib.mini.intervals import adherence_estimate, fdd_estimate, paired_difference
+
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(30, 6, generator=g)
+    good = _fake([1] * 27 + [0] * 3, f)
+    e = adherence_estimate(good)
+    assert (e.value, e.n) == (0.9, 30) and e.lo == pytest.approx(0.744, abs=1e-3) and e.hi == pytest.approx(0.965, abs=1e-3)
+    fe = fdd_estimate(good, reference=_REAL, n_boot=300)
+    assert fe.n == 30 and fe.lo < fe.hi and fe.value == good["fdd"]
+    same = paired_difference(good, _fake(good["per_image"], f.clone()), reference=_REAL, n_boot=300)
+    assert (same["adherence"].lo, same["adherence"].hi, same["fdd"].lo, same["fdd"].hi) == (0, 0, 0, 0)
+    assert not same["adherence_is_difference"] and not same["fdd_is_difference"]
+    bad = _fake([0] * 25 + [1] * 5, f + 2.0)                         # far from the reference, mostly wrong
+    d = paired_difference(bad, good, reference=_REAL, n_boot=300)
+    assert d["adherence"].value == pytest.approx(5 / 30 - 27 / 30) and d["adherence"].hi < 0 and d["adherence_is_difference"]
+    assert d["fdd"].value > 0 and d["fdd"].lo > 0 and d["fdd_is_difference"]
+    one_flip = _fake([0] + [1] * 26 + [0] * 3, f)                     # one prompt lost: not a difference
+    assert not paired_difference(one_flip, good, reference=_REAL, n_boot=300)["adherence_is_difference"]
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(good, _fake(good["per_image"], f, prompts=[f"q{i}" for i in range(30)]), reference=_REAL)
+    with pytest.raises(ValueError, match="no per-image results"):
+        adherence_estimate({"prompt_adherence": 1.0})
+
+
+# ------------------------------------------------------------------------------------------------ rows and table
+def test_paper_scaled_kernels_and_control_rows():
+    from aconvlib.mini import compare as C
+
+    assert [C.paper_scaled_kernel(s) for s in (16, 32, 64)] == [3, 7, 13]
+    assert C.finest_grid_side("mini-dit") == 16 and C.finest_grid_side("mini-sd") == 32
+    rows, notes = C.control_variants("mini-dit")
+    labels = [v.label for v in rows]
+    assert labels[:5] == ["self-attention (teacher)", "no self-attention", "uniform attention",
+                          "NA K=3 (paper-scaled)", "NA K=5 (chapter's K)"]
+    assert [v.method for v in rows[:5]] == ["self-attention", "none", "uniform", "na", "na"]
+    assert [v.kernel for v in rows[3:5]] == [3, 5]
+    rows, _ = C.control_variants("mini-sd")
+    assert [v.label for v in rows if v.method == "na"] == ["NA K=7 (paper-scaled, chapter's K)"]   # one row: K coincide
+    students = {v.label: v for v in rows if v.folder is not None}
+    for label, v in students.items():                                # every student row names its start
+        assert ("from scratch" in label) == ("fresh" in v.training), label
+
+
+def test_variant_pipeline_applies_and_restores_the_controls():
+    from aconvlib.mini import compare as C
+    from aconvlib.models import get_denoiser, load_pipeline
+
+    pipe = load_pipeline("mini-dit")
+    den = get_denoiser(pipe)
+    stock = {n: m for n, m in den.named_modules() if n.endswith("attn1")}
+    for v in C.control_variants("mini-dit")[0][1:3]:
+        with C.variant_pipeline("mini-dit", v, teacher=pipe) as p:
+            assert p is pipe and {w.kind for _, w in mixer_layers(p)} == {v.method}
+        assert {n: m for n, m in den.named_modules() if n.endswith("attn1")} == stock
+
+
+def test_controls_table_reads_the_stored_file():
+    from pathlib import Path
+
+    from aconvlib.book.controls import CONTROL_COLUMNS, controls_table, format_controls
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "cpu_controls" / "controls.json"
+    meta, frame = controls_table(path)
+    assert list(frame.columns) == CONTROL_COLUMNS and len(frame) > 0
+    stored = json.loads(path.read_text())
+    assert meta["n_prompts"] == stored["meta"]["n_prompts"] and (frame["n"] == meta["n_prompts"]).all()
+    assert set(frame["model"]) <= {"mini-sd", "mini-dit"}
+    assert (frame["k"] / frame["n"] == frame["adherence"]).all()
+    assert ((frame["adherence_lo"] <= frame["adherence"]) & (frame["adherence"] <= frame["adherence_hi"])).all()
+    for model, rows in frame.groupby("model"):
+        teacher = rows[rows["method"] == "self-attention"]
+        assert len(teacher) == 1 and teacher["d_adherence"].isna().all()
+        others = rows[rows["method"] != "self-attention"]
+        assert (others["d_adherence"] - (others["adherence"] - float(teacher["adherence"].iloc[0]))).abs().max() < 1e-9
+        excl = (others["d_adherence_lo"] > 0) | (others["d_adherence_hi"] < 0)
+        assert (excl == others["adherence_difference"].astype(bool)).all()
+        assert (others["fdd_difference"].astype(bool) == ((others["d_fdd_lo"] > 0) | (others["d_fdd_hi"] < 0))).all()
+        na = rows[rows["method"] == "na"]
+        assert (na["K/grid"] - na["K"].astype(float) / (32 if model == "mini-sd" else 16)).abs().max() < 1e-3
+    text = format_controls(frame)
+    assert len(text) == len(frame) and text["difference? (adherence)"].isin(["yes", "no", "—"]).all()
+    assert controls_table(path, models=["mini-dit"])[1]["model"].eq("mini-dit").all()
+    assert controls_table(path.with_name("missing.json")) == (None, None)
