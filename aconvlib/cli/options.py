@@ -67,17 +67,22 @@ def config_from_args(cls, args, names, base: dict | None = None, **fixed):
         raise UsageError(str(e)) from None
 
 
-def positive(kind=int):
-    """argparse type: a positive ``kind`` (int or float)."""
+def _at_least(kind, strict: bool, what: str):
+    """argparse type: a ``kind`` (int or float) above 0 (``strict``) or at least 0, else ``expected <what>``."""
     def parse(v):
         try:
             x = kind(v)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {v!r}") from None
-        if x <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {v!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}") from None
+        if not (x > 0 if strict else x >= 0):   # also refuses NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}")
         return x
     return parse
+
+
+def positive(kind=int):
+    """argparse type: a positive ``kind`` (int or float)."""
+    return _at_least(kind, True, f"a positive {kind.__name__}")
 
 
 def known_model(name: str) -> str:
@@ -133,15 +138,7 @@ def device_arg(allow_auto: bool = False):
 
 def non_negative(kind=float):
     """argparse type: a ``kind`` ≥ 0."""
-    def parse(v):
-        try:
-            x = kind(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}") from None
-        if not x >= 0:
-            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}")
-        return x
-    return parse
+    return _at_least(kind, False, "a number >= 0")
 
 
 def image_path(v: str) -> str:
