@@ -404,3 +404,19 @@ def test_controls_table_reads_the_stored_file():
     assert len(text) == len(frame) and text["difference? (adherence)"].isin(["yes", "no", "—"]).all()
     assert controls_table(path, models=["mini-dit"])[1]["model"].eq("mini-dit").all()
     assert controls_table(path.with_name("missing.json")) == (None, None)
+
+
+def test_quality_table_gives_intervals_where_per_image_results_exist():
+    """Live evaluator rows get adherence and FDD intervals; a stored summary row without per-image results shows "—"."""
+    import torch
+
+    from aconvlib.book.training_report import quality_table
+    from aconvlib.mini.evaluate import real_features
+
+    real = real_features(200)
+    live = {"n_prompts": 8, "prompt_adherence": 0.75, "fdd": 1.0, "per_image": [1, 1, 1, 0, 1, 1, 0, 1],
+            "features": torch.as_tensor(real[:8]), "n_real": 200}
+    t = quality_table({"live": live, "stored": {"n_prompts": 512, "prompt_adherence": 0.98, "fdd": 98.3}})
+    assert t.loc["live", "adherence [95% CI]"].startswith("75% [") and "(n=8)" in t.loc["live", "adherence [95% CI]"]
+    assert "[" in t.loc["live", "FDD [95% CI]"]
+    assert t.loc["stored", "adherence [95% CI]"] == "—" and t.loc["stored", "FDD [95% CI]"] == "—"

@@ -77,13 +77,26 @@ def shipped_eval() -> dict:
 
 
 def quality_table(rows: dict[str, dict]):
-    """A pandas table: one row per (model, where measured), columns = metrics."""
+    """A pandas table: one row per (model, where measured), columns = metrics.
+
+    Rows from :func:`aconvlib.mini.evaluate_model` that carry their per-image results also get
+    ``adherence [95% CI]`` (Wilson, k of n) and ``FDD [95% CI]`` (bias-corrected bootstrap over the images,
+    :mod:`aconvlib.mini.intervals`); stored rows without them show "—" there."""
     import pandas as pd
+
+    from ..mini.intervals import adherence_estimate, fdd_estimate
 
     cols = ["n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd", "steps",
             "guidance_scale", "scheduler"]
-    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows.values()], index=list(rows))
-    return df.round(3)
+    out = []
+    for r in rows.values():
+        row = {c: r.get(c) for c in cols}
+        per_image = r.get("per_image") is not None
+        row["adherence [95% CI]"] = adherence_estimate(r).format(pct=True) if per_image else "—"
+        row["FDD [95% CI]"] = (fdd_estimate(r).format(".0f") if per_image and r.get("features") is not None
+                               and len(r["features"]) > 1 else "—")
+        out.append(row)
+    return pd.DataFrame(out, index=list(rows)).round(3)
 
 
 @torch.no_grad()
