@@ -12,7 +12,7 @@ interval, the FDD analogue with a bootstrap 95% interval over images, and the pa
 (adherence: paired bootstrap over prompts; FDD: paired bootstrap over images) with "difference" = its interval
 excludes 0 (``aconvlib.mini.intervals``).
 
-Writes ``benchmarks/results/cpu_controls/controls.json`` (rows) and ``features.npz`` (each row's classifier
+Writes ``benchmarks/results/cpu_controls/controls.json`` (rows) and ``controls.npz`` (each row's classifier
 features, float32, for the FDD intervals) atomically after every row, progress to stdout; rows already there are
 skipped, so a killed run resumes with the same command. Rows whose student folder is missing are named and
 skipped (rerun once it exists). Threads: ``--threads`` (default 1).
@@ -29,15 +29,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from aconvlib.mini import dataset as data
 from aconvlib.mini.compare import (CHAPTER_NA_KERNEL, PAPER_K_FRACTION, control_variants, finest_grid_side,
                                    paper_scaled_kernel, student_info, variant_pipeline)
 from aconvlib.mini.evaluate import evaluate_model, real_features
-from aconvlib.mini.intervals import (adherence_estimate, as_record, fdd_bootstrap_median, fdd_estimate,
-                                     paired_difference)
+from aconvlib.mini.intervals import row_intervals
+from aconvlib.mini.stored import StoredRows
 from aconvlib.mixers.neighborhood import clip_kernel
 from aconvlib.models import get_denoiser, load_pipeline, self_attention_layers
 
@@ -60,40 +59,8 @@ def folder_name(folder) -> str | None:
     return str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)
 
 
-def load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"meta": {}, "rows": []}
-
-
-def save_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-
-
-def save_features(path: Path, feats: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **feats)
-    tmp.replace(path)
-
-
 def key(model: str, label: str) -> str:
     return f"{model}|{label}"
-
-
-def intervals(r: dict, teacher: dict | None, reference, n_boot: int) -> dict:
-    """The interval fields of one row from its evaluator result ``r`` (per_image, features, fdd) and the teacher's."""
-    fdd = as_record(fdd_estimate(r, reference, n_boot=n_boot))
-    fdd["boot_median"] = round(fdd_bootstrap_median(r, reference, n_boot=n_boot), 6)
-    out = {"k": int(sum(r["per_image"])), "adherence": as_record(adherence_estimate(r)), "fdd": fdd,
-           "diff_to_teacher": None}
-    if teacher is not None:
-        d = paired_difference(r, teacher, reference, n_boot=n_boot)
-        out["diff_to_teacher"] = {"adherence": as_record(d["adherence"]),
-                                  "adherence_is_difference": d["adherence_is_difference"],
-                                  "fdd": as_record(d["fdd"]), "fdd_is_difference": d["fdd_is_difference"]}
-    return out
 
 
 def stored_result(row: dict, feats: dict, prompts, args) -> dict:
@@ -105,7 +72,7 @@ def recompute(res: dict, feats: dict, prompts, reference, args) -> None:
     for r in res["rows"]:
         t = next(x for x in res["rows"] if x["model"] == r["model"] and x["row"] == TEACHER)
         teacher = None if r is t else stored_result(t, feats, prompts, args)
-        r.update(intervals(stored_result(r, feats, prompts, args), teacher, reference, args.n_boot))
+        r.update(row_intervals(stored_result(r, feats, prompts, args), teacher, reference, args.n_boot))
         print(r["model"], r["row"], "recomputed", flush=True)
 
 
@@ -124,9 +91,8 @@ def main(argv=None):
                     help="recompute every stored row's intervals from its per-image results and features (no sampling)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    path, fpath = args.out / "controls.json", args.out / "features.npz"
-    res = load(path)
-    feats = dict(np.load(fpath)) if fpath.exists() else {}
+    store = StoredRows(args.out / "controls.json")
+    path, res, feats = store.path, store.data, store.features
     if res["rows"] and res["meta"].get("n_prompts") != args.n_prompts:
         sys.exit(f"{path} holds rows on {res['meta'].get('n_prompts')} prompts, not {args.n_prompts}: resume with "
                  f"--n-prompts {res['meta'].get('n_prompts')} or write elsewhere (--out)")
@@ -155,7 +121,7 @@ def main(argv=None):
         res["meta"]["intervals_recomputed"] = {"command": command,
                                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         recompute(res, feats, prompts, reference, args)
-        save_json(path, res)
+        store.save()
         return
     kw = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, n_real=args.n_real)
     order = {}
@@ -187,7 +153,7 @@ def main(argv=None):
             row = {"model": m, "row": v.label, "method": v.method, "training": v.training, "setting": v.setting,
                    "K": v.kernel, "grid": side, "K/grid": None if v.kernel is None else round(v.kernel / side, 4),
                    "K_per_level": kernel_per_level(v, grids), "folder": folder_name(v.folder),
-                   "n": len(prompts), **intervals(r, None if v.label == TEACHER else teacher, reference, args.n_boot),
+                   "n": len(prompts), **row_intervals(r, None if v.label == TEACHER else teacher, reference, args.n_boot),
                    **{c: r[c] for c in ("shape", "color", "size", "position")},
                    "per_image": r["per_image"], "seconds": round(seconds, 1)}
             if v.folder is not None and v.method != "self-attention":
@@ -198,18 +164,15 @@ def main(argv=None):
                     row["student"]["init"] = cfg.get("init", "teacher")
             if v.label == TEACHER:
                 teacher = r
-            feats[key(m, v.label)] = r["features"].astype(np.float32)
-            res["rows"].append(row)
-            res["rows"].sort(key=lambda x: order.get(key(x["model"], x["row"]), (99, 99)))
-            save_features(fpath, feats)     # features first: a row in the JSON always has its features
-            save_json(path, res)
+            store.add(row, r["features"], key(m, v.label),
+                      sort_key=lambda x: order.get(key(x["model"], x["row"]), (99, 99)))
             print(json.dumps({k: row[k] for k in ("model", "row", "k", "n", "adherence", "fdd", "diff_to_teacher",
                                                   "seconds")}), flush=True)
     missing = res["meta"]["notes"]
     res["meta"]["wall_seconds"] = round(sum(r["seconds"] for r in res["rows"]), 1)
     if not missing:
         res["meta"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    save_json(path, res)
+    store.save()
     print("done" if not missing else f"done except {len(missing)} missing student(s): rerun once they exist", flush=True)
 
 

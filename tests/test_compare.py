@@ -81,6 +81,19 @@ def test_training_free_variants_restore_the_teacher_and_evaluate():
     sweep = C.na_sweep("mini-dit", [3, 15], ["a large red circle at the center"] * 2, steps=2, n_real=50, teacher=pipe)
     assert sweep["K"].isna().tolist() == [True, False, False]
     assert sweep["K_per_level"].tolist()[1:] == ["3", "15"]
+    # every live row keeps its per-image results, so the chapter can show intervals next to the shares
+    from aconvlib.book.comparison import with_intervals
+    from aconvlib.mini.intervals import adherence_estimate
+
+    shown = with_intervals(sweep)
+    first = sweep.iloc[0].to_dict()
+    assert shown["adherence [95% CI]"].iloc[0] == adherence_estimate(first).format(pct=True)
+    assert shown["adherence [95% CI]"].str.endswith("(n=2)").all() and shown["FDD [95% CI]"].str.contains(r"\[").all()
+    stored = pd.DataFrame([{"fdd": 5.0, "intervals": {"adherence": {"value": 0.5, "lo": 0.2, "hi": 0.8, "n": 8},
+                                                     "fdd": {"value": 5.0, "lo": 4.0, "hi": 6.0, "n": 8}}},
+                           {"fdd": 5.0}])   # an older stored row without per-image results
+    assert with_intervals(stored)["adherence [95% CI]"].tolist() == ["50% [20%, 80%] (n=8)", "—"]
+    assert with_intervals(stored)["FDD [95% CI]"].tolist() == ["5 [4, 6] (n=8)", "—"]
 
 
 @pytest.mark.slow
@@ -326,3 +339,18 @@ def test_adherence_estimate_uses_per_image_results():
     e = adherence_estimate({"n_prompts": 4, "prompt_adherence": 0.5, "per_image": [1, 1, 1, 0]})
     assert e.value == 0.75 and e.n == 4                  # the per-image results decide, not the rounded share
     assert adherence_estimate({"n_prompts": 32, "prompt_adherence": 10 / 32}).value == 10 / 32
+
+
+def test_quality_verdict_states_the_stored_fdd_difference_and_its_interval():
+    from aconvlib.book.distill_claims import quality_verdict
+
+    t = {"n_prompts": 32, "prompt_adherence": 0.5, "fdd": 200.0}
+    d = {"adherence": {"value": 0.0, "lo": -0.1, "hi": 0.1, "n": 32}, "adherence_is_difference": False,
+         "fdd": {"value": 30.0, "lo": 10.0, "hi": 50.0, "n": 32}, "fdd_is_difference": True}
+    s = {"n_prompts": 32, "prompt_adherence": 0.5, "fdd": 230.0, "intervals": {"diff_to_teacher": d}}
+    v = quality_verdict("m", t, s, chapter="08")
+    assert "difference +30.0 [+10.0, +50.0]" in v.deciding and "a difference)" in v.deciding
+    d["fdd_is_difference"] = False
+    assert "not a difference" in quality_verdict("m", t, s, chapter="08").deciding
+    assert "no interval" in quality_verdict("m", t, {k: x for k, x in s.items() if k != "intervals"},
+                                             chapter="08").deciding

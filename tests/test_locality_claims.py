@@ -122,3 +122,47 @@ def test_the_context_erf_of_a_perfectly_local_map_is_near_uniform_but_its_positi
     ks = dec.kernel_sizes
     assert float(L.erf(dec.context_asm, ks)) >= 19            # uniform: 23
     assert float(L.erf(dec.context_pos_asm, ks)) == 3
+
+
+def test_level_intervals_bootstrap_over_prompts_and_asm_matches_the_pooled_map():
+    g = (16, 16)
+    widths = (0.6, 0.7, 0.9, 1.4)
+    prompts = [frame({"a": (local(g, w), g), "b": (local(g, w, floor=0.002), g)}) for w in widths]
+    iv = LC.level_intervals({"m": prompts}, ["asm3", "hp-raw11", "erf"], n_boot=500)
+    asm3 = iv[iv["quantity"] == "asm3"].iloc[0]
+    assert asm3["prompts"] == 4 and asm3["layers"] == 2 and asm3["lo"] <= asm3["value"] <= asm3["hi"]
+    pooled = frame({"a": (sum(local(g, w) for w in widths) / 4, g),
+                    "b": (sum(local(g, w, floor=0.002) for w in widths) / 4, g)})
+    # ASM is linear in the map: the mean over prompts of each prompt's ASM(3) is the pooled map's ASM(3)
+    assert asm3["value"] == pytest.approx(float(np.median([c[1] for c in pooled["asm"]])), rel=1e-5)
+    d = iv[iv["quantity"] == "hp-raw11"].iloc[0]
+    by_hand = np.median([np.mean([LC._share(f.loc[i, "hp"], f.loc[i, "ks"], 11) - LC._share(f.loc[i, "asm"],
+                                  f.loc[i, "ks"], 11) for f in prompts]) for i in range(2)])
+    assert d["value"] == pytest.approx(by_hand)
+    one = LC.level_intervals({"m": prompts[:1]}, ["erf"])
+    assert np.isnan(one["lo"].iloc[0])                                   # one prompt: no interval
+
+
+def test_an_interval_that_straddles_the_criterion_decides_nothing(frames):
+    lv = LC.level_table(frames, PAPER, {"flat": "unet", "peaked": "dit"})
+    g = "16×16"
+
+    def ivs(model, rows):
+        return pd.DataFrame([{"model": model, "grid": g, "quantity": q, "value": v, "lo": lo, "hi": hi}
+                             for q, (v, lo, hi) in rows.items()])
+
+    # the peaked map holds Fig. 5 on its point value (ERF 3 < 3.75); an interval reaching above the bound
+    v = LC.erf_verdict(lv, "peaked", 4, intervals=ivs("peaked", {"erf": (3, 3, 5)}))
+    assert v.verdict == NOT_TESTABLE and "more prompts" in v.how_to_test and "[3, 5]" in v.deciding
+    assert LC.erf_verdict(lv, "peaked", 4, intervals=ivs("peaked", {"erf": (3, 3, 3)})).verdict == HOLDS
+    # Fig. 4b: high-pass mass above 0.8 but the high-pass − raw difference straddles 0 → undecided
+    big = (32, 32)
+    lv_b = LC.level_table({"p": frame({"a": (local(big), big)})}, PAPER, {"p": "dit"})
+    gb = "32×32"
+    rows = pd.DataFrame([{"model": "p", "grid": gb, "quantity": "hp11", "value": 0.95, "lo": 0.9, "hi": 0.97},
+                         {"model": "p", "grid": gb, "quantity": "hp-raw11", "value": 0.01, "lo": -0.02, "hi": 0.03}])
+    assert LC.fig4b_verdict(lv_b, "p", 0.8, 4, intervals=rows).verdict == NOT_TESTABLE
+    rows.loc[1, ["lo", "hi"]] = [-0.05, -0.01]                           # the whole interval below 0: fails
+    assert LC.fig4b_verdict(lv_b, "p", 0.8, 4, intervals=rows).verdict == FAILS
+    # context: a uniform map has no context term (its ERF is NaN): the criterion is missed, not undecided
+    assert LC.context_verdict(lv, "flat", 4, intervals=ivs("flat", {"prior_tv_uniform": (0, 0, 0)})).verdict == FAILS

@@ -51,3 +51,21 @@ def test_the_readme_verdict_table_matches_the_reviewed_references():
     if "| claim |" not in table.splitlines()[0] or len(table.splitlines()) < 3:
         pytest.fail("the references hold no verdicts")
     assert table in (root / "README.md").read_text()
+
+
+def test_a_verdict_on_random_fixture_weights_names_the_fixture(fixture_hub, tmp_path):
+    from aconvlib.models import weights_source
+
+    assert weights_source("sd15") == "fixture" and weights_source("mini-sd") == "embedded"
+    assert weights_source("not-a-model") is None
+    rec = records.Recorder("02_attention_maps", "ci-real", tmp_path / "02.records.json")
+    rec.verdict(Verdict("Fig. 2", "sd15", FAILS, "ASM(3) 1.0× uniform", n=2, chapter="02_attention_maps"))
+    rec.verdict(Verdict("Table 1", "sd15", HOLDS, "FLOPs from the config", chapter="06_deltaconv_block"))
+    rec.verdict(Verdict("Fig. 2", "mini-sd", FAILS, "x", n=2, chapter="02_attention_maps"))
+    assert set(rec.verdicts) == {"verdict/Fig. 2/sd15 (fixture)", "verdict/Table 1/sd15", "verdict/Fig. 2/mini-sd"}
+
+
+def test_a_model_with_nothing_cached_keeps_its_name(empty_hub):
+    from aconvlib.book.verdicts import weights_label
+
+    assert weights_label("sd15", "Fig. 2") == "sd15"

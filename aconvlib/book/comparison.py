@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 __all__ = ["RealComparison", "erf_table", "fig9_verdict", "k_over_grid", "real_comparison", "stored_rows", "summary_markdown",
-           "uniform_erf_at", "variant_row"]
+           "uniform_erf_at", "variant_row", "with_intervals"]
 
 
 def stored_rows(path) -> tuple[Optional[dict], Optional[object]]:
@@ -46,6 +46,38 @@ def _adh(row) -> str:
 
     e = adherence_estimate(row)
     return f"{e.value:.0%} [{e.lo:.0%}, {e.hi:.0%}]"
+
+
+def with_intervals(frame, reference=None, seed: int = 0):
+    """``frame`` (Table-3 or NA-sweep rows) with two columns added: ``adherence [95% CI]`` (Wilson, k of n) and
+    ``FDD [95% CI]`` (bias-corrected bootstrap over the images, :mod:`aconvlib.mini.intervals`).
+
+    Live rows carry the evaluator's ``per_image`` and ``features``; stored rows (``scripts/eval_comparison.py``)
+    carry them computed as ``intervals``. A row with neither gets "—" (an older stored run: no per-image results
+    were kept)."""
+    from ..mini.intervals import adherence_estimate, fdd_estimate
+
+    def fmt_stored(d, pct):
+        if pct:
+            return f"{d['value']:.0%} [{d['lo']:.0%}, {d['hi']:.0%}] (n={d['n']})"
+        return f"{d['value']:.0f} [{d['lo']:.0f}, {d['hi']:.0f}] (n={d['n']})"
+
+    adh, fdd = [], []
+    for _, r in frame.iterrows():
+        iv = r.get("intervals")
+        if isinstance(iv, dict):
+            adh.append(fmt_stored(iv["adherence"], True))
+            fdd.append(fmt_stored(iv["fdd"], False))
+        elif r.get("per_image") is not None and not isinstance(r.get("per_image"), float):   # NaN: not kept
+            res = r.to_dict()
+            adh.append(adherence_estimate(res).format(pct=True))
+            feats = res.get("features")
+            fdd.append(fdd_estimate(res, reference, seed=seed).format(".0f")
+                       if feats is not None and len(feats) > 1 else "—")
+        else:
+            adh.append("—")
+            fdd.append("—")
+    return frame.assign(**{"adherence [95% CI]": adh, "FDD [95% CI]": fdd})
 
 
 def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, sweep=None, erf_tables=None,

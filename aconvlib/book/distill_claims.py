@@ -87,8 +87,18 @@ def quality_verdict(model: str, teacher: Mapping, student: Mapping, *, tolerance
     lo, hi = newcombe_interval(ks, s.n, kt, t.n)
     verdict = HOLDS if lo >= -tolerance else FAILS if hi < -tolerance else NOT_TESTABLE
     need = n_for_tolerance(t.value, s.value, tolerance)
-    fdd = (f"; FDD analogue teacher {float(teacher['fdd']):.1f} vs {student_label} {float(student['fdd']):.1f} "
-           "(no interval: needs per-image features)") if "fdd" in teacher and "fdd" in student else ""
+    fdd = ""
+    if "fdd" in teacher and "fdd" in student:
+        iv = student.get("intervals") if hasattr(student, "get") else None
+        d = (iv or {}).get("diff_to_teacher") if isinstance(iv, dict) else None
+        if d and d.get("fdd"):
+            f = d["fdd"]
+            fdd = (f"; FDD analogue teacher {float(teacher['fdd']):.1f} vs {student_label} {float(student['fdd']):.1f}, "
+                   f"difference {f['value']:+.1f} [{f['lo']:+.1f}, {f['hi']:+.1f}] (bias-corrected paired bootstrap "
+                   f"95%: {'a difference' if d['fdd_is_difference'] else 'not a difference'})")
+        else:
+            fdd = (f"; FDD analogue teacher {float(teacher['fdd']):.1f} vs {student_label} {float(student['fdd']):.1f} "
+                   "(no interval: needs per-image features)")
     deciding = (f"adherence teacher {_fmt(t)} vs {student_label} {_fmt(s)}, difference {s.value - t.value:+.1%} "
                 f"[{lo:+.1%}, {hi:+.1%}] (Newcombe 95%), tolerance ±{tolerance:.0%}{fdd}{where}")
     return Verdict(claim=claim, model=model, verdict=verdict, deciding=deciding, n=min(t.n, s.n),

@@ -269,16 +269,28 @@ def plot_erf_maps(fields: dict, labels: Optional[dict] = None, title: str = "", 
     return fig
 
 
+def _interval_band(rows, col: str):
+    """(lo, hi) arrays of ``col``'s 95% interval from stored ``intervals`` (scripts/eval_comparison.py), or None."""
+    key = {"prompt_adherence": "adherence", "fdd": "fdd"}.get(col)
+    if key is None or "intervals" not in rows or not all(isinstance(x, dict) for x in rows["intervals"]):
+        return None
+    return ([x[key]["lo"] for x in rows["intervals"]], [x[key]["hi"] for x in rows["intervals"]])
+
+
 def plot_na_sweep(sweeps: dict, column: str = "prompt_adherence", marks: Optional[dict] = None, title: str = ""):
     """Quality vs NA window K per model (``sweeps``: model → frame of :func:`aconvlib.mini.compare.na_sweep`, rows with
     ``K = None`` drawn as the teacher's horizontal line). ``marks``: model → {label: K} drawn as vertical lines
-    (e.g. the chapter-5 ERF, the shipped ΔConv kernel)."""
+    (e.g. the chapter-5 ERF, the shipped ΔConv kernel). Rows that carry stored ``intervals`` get a shaded 95% band.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     colors = dict(zip(sweeps, sns.color_palette("tab10", len(sweeps))))
     for ax, col in zip(axes, (column, "fdd")):
         for m, df in sweeps.items():
             ks = df.dropna(subset=["K"]).sort_values("K")
             ax.plot(ks["K"], ks[col], "o-", color=colors[m], label=f"{m}, NA")
+            band = _interval_band(ks, col)
+            if band is not None:     # stored rows with intervals: Wilson (adherence) / bootstrap (FDD) 95%
+                ax.fill_between(ks["K"], band[0], band[1], color=colors[m], alpha=0.15, lw=0)
             teacher = df.loc[df["K"].isna(), col]
             if len(teacher):
                 ax.axhline(float(teacher.iloc[0]), color=colors[m], ls="--", lw=1, label=f"{m}, full attention")

@@ -232,7 +232,15 @@ class Recorder:
         ``not testable here``) as the exact record ``verdict/<claim>/<model>`` (a flip is a regression), and the
         whole verdict (deciding numbers, n, baseline, what would test it) in the sidecar's ``verdicts``, which
         the verdict table reads. The deciding numbers are recorded by the chapter with their own tolerances.
-        Returns :meth:`Verdict.sentence`."""
+        A verdict on a random-weight hub fixture names its model "<model> (fixture)"
+        (:func:`aconvlib.book.verdicts.weights_label`). Returns :meth:`Verdict.sentence`."""
+        import dataclasses
+
+        from .verdicts import weights_label
+
+        label = weights_label(v.model, v.claim)
+        if label != v.model:
+            v = dataclasses.replace(v, model=label)
         name = f"verdict/{v.claim}/{v.model}"
         d = v.as_record()
         d["chapter"] = d.get("chapter") or self.chapter or ""

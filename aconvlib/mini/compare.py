@@ -49,6 +49,8 @@ __all__ = ["CHAPTER_NA_KERNEL", "PAPER_K_FRACTION", "Variant", "comparison_varia
            "variant_pipeline"]
 
 QUALITY_COLUMNS = ("n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd")
+#: the evaluator's per-image results a row keeps for its intervals (:mod:`aconvlib.mini.intervals`)
+PER_IMAGE_COLUMNS = ("per_image", "features")
 #: the paper's NA / ΔConv kernel against its grid: K = 13 on SD's 64-token side (Fig. 6, Sec. 5.1)
 PAPER_K_FRACTION = 13 / 64
 #: the K the chapters use for NA on the embedded models (chapter 5 and 8: ≈ 0.2 of the finest grid side)
@@ -238,7 +240,8 @@ def evaluate_variants(models: Sequence[str], prompts, *, steps: int = 20, guidan
     """Table 3 on the embedded models: every variant of every model on the same prompts and noise.
 
     ``na_kernel`` / ``window``: an int or ``{model: value}``. Returns ``(frame, notes, images)``: one row per model and variant (``model``, ``method``, ``variant``,
-    ``training``, ``setting`` and the evaluator's columns), the notes of :func:`comparison_variants`, and
+    ``training``, ``setting``, the evaluator's columns and its per-image ``per_image`` / ``features``, from which
+    :func:`aconvlib.book.comparison.with_intervals` adds intervals), the notes of :func:`comparison_variants`, and
     ``{(model, label): images}`` when ``return_images``.
     """
     import pandas as pd
@@ -255,7 +258,7 @@ def evaluate_variants(models: Sequence[str], prompts, *, steps: int = 20, guidan
             if return_images:
                 images[(m, v.label)] = r.pop("images")
             rows.append({"model": m, "variant": v.label, "method": v.method, "training": v.training,
-                         "setting": v.setting, **{k: r[k] for k in QUALITY_COLUMNS}})
+                         "setting": v.setting, **{k: r[k] for k in QUALITY_COLUMNS + PER_IMAGE_COLUMNS}})
     return pd.DataFrame(rows), notes, images
 
 
@@ -275,7 +278,7 @@ def na_sweep(model: str, kernels: Sequence[int], prompts, *, steps: int = 20, gu
     known = dict(known or {})
     full = known[None] if None in known else evaluate_model(pipe, prompts, **kw)
     rows = [{"model": model, "K": None, "grid": grids[0][0], "K/grid": float("nan"), "K_per_level": "full",
-             **{k: v for k, v in full.items() if k in QUALITY_COLUMNS}}]
+             **{k: v for k, v in full.items() if k in QUALITY_COLUMNS + PER_IMAGE_COLUMNS}}]
     for k in kernels:
         if int(k) in known:
             r = known[int(k)]
@@ -284,7 +287,7 @@ def na_sweep(model: str, kernels: Sequence[int], prompts, *, steps: int = 20, gu
                 r = evaluate_model(pipe, prompts, **kw)
         rows.append({"model": model, "K": int(k), "grid": grids[0][0], "K/grid": int(k) / grids[0][0],
                      "K_per_level": "/".join(str(clip_kernel(int(k), g)) for g in grids),
-                     **{c: r[c] for c in QUALITY_COLUMNS}})
+                     **{c: r.get(c) for c in QUALITY_COLUMNS + PER_IMAGE_COLUMNS}})
     return pd.DataFrame(rows)
 
 

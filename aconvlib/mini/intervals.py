@@ -30,7 +30,8 @@ import numpy as np
 from ..analysis.evidence import Estimate, bootstrap_difference, bootstrap_interval, is_difference, proportion
 from .evaluate import frechet_to, real_features
 
-__all__ = ["adherence_estimate", "as_record", "fdd_bootstrap_median", "fdd_estimate", "paired_difference"]
+__all__ = ["adherence_estimate", "as_record", "fdd_bootstrap_median", "fdd_estimate", "paired_difference",
+           "row_intervals"]
 
 N_BOOT = 2000
 
@@ -116,3 +117,20 @@ def as_record(e: Optional[Estimate], digits: int = 6) -> Optional[dict]:
         return None
     return {"value": round(e.value, digits), "lo": round(e.lo, digits), "hi": round(e.hi, digits), "n": e.n,
             "method": e.method}
+
+
+def row_intervals(r: dict, teacher: Optional[dict] = None, reference=None, n_boot: int = N_BOOT) -> dict:
+    """The interval fields a stored row keeps, from its evaluator result ``r`` (``per_image``, ``features``,
+    ``fdd``) and, unless ``r`` is the teacher, the teacher's on the same prompts and noise: ``k`` (images whose
+    scene matches the prompt), ``adherence`` (Wilson), ``fdd`` (bias-corrected bootstrap, plus the bootstrap's
+    median ``boot_median``) and ``diff_to_teacher`` (paired differences and whether each interval excludes 0)."""
+    fdd = as_record(fdd_estimate(r, reference, n_boot=n_boot))
+    fdd["boot_median"] = round(fdd_bootstrap_median(r, reference, n_boot=n_boot), 6)
+    out = {"k": int(sum(r["per_image"])), "adherence": as_record(adherence_estimate(r)), "fdd": fdd,
+           "diff_to_teacher": None}
+    if teacher is not None:
+        d = paired_difference(r, teacher, reference, n_boot=n_boot)
+        out["diff_to_teacher"] = {"adherence": as_record(d["adherence"]),
+                                  "adherence_is_difference": d["adherence_is_difference"],
+                                  "fdd": as_record(d["fdd"]), "fdd_is_difference": d["fdd_is_difference"]}
+    return out

@@ -7,6 +7,7 @@ from .families import DenoiserFamily, family_of, get_family, register_family, su
 from .families.unet import unet_level_grids
 from .layers import SelfAttentionLayer, default_latent_hw, denoise, get_denoiser, self_attention_layers
 from .registry import (
+    FIXTURE_MARK,
     MissingWeightsError,
     ModelSpec,
     SUPPORTED_PIPELINES,
@@ -17,14 +18,15 @@ from .registry import (
     load_denoiser,
     load_pipeline,
     register_model,
+    weights_source,
 )
 from .resources import config_dir, data_dir, models_dir, paper_table
 from .tracker import LatentTracker
 
 __all__ = [
-    "DenoiserFamily", "LatentTracker", "MissingWeightsError", "ModelSpec", "SUPPORTED_PIPELINES", "SelfAttentionLayer", "UnknownModelError",
+    "FIXTURE_MARK", "DenoiserFamily", "LatentTracker", "MissingWeightsError", "ModelSpec", "SUPPORTED_PIPELINES", "SelfAttentionLayer", "UnknownModelError",
     "UnsupportedPipelineError",
     "config_dir", "data_dir", "default_latent_hw", "denoise", "family_of", "get_denoiser", "get_family", "get_spec",
     "list_models", "load_denoiser", "load_pipeline", "models_dir", "paper_table", "register_family", "register_model",
-    "self_attention_layers", "supported_classes", "unet_level_grids",
+    "self_attention_layers", "supported_classes", "unet_level_grids", "weights_source",
 ]

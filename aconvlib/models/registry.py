@@ -57,6 +57,28 @@ SUPPORTED_PIPELINES: dict[str, str] = {
 }
 
 
+#: the line every tiny random-weight hub fixture's README carries (:mod:`aconvlib.testing.hub_fixtures` writes it,
+#: :func:`weights_source` reads it): results on such weights say nothing about the real model.
+FIXTURE_MARK = "(aconvlib test fixture)"
+
+
+def weights_source(name: str) -> Optional[str]:
+    """Where the weights a registered model would load come from, without loading them: ``"embedded"`` (package
+    data), ``"fixture"`` (the cached snapshot is a tiny random-weight stand-in, its README carries
+    :data:`FIXTURE_MARK`), ``"hub"`` (a cached snapshot of the published repo) or None (not a registered model,
+    or nothing cached). Chapters label results on fixtures "(fixture)" with it."""
+    if name not in _REGISTRY:
+        return None
+    spec = _REGISTRY[name]
+    if spec.embedded:
+        return "embedded"
+    snap = _cached_snapshot(spec.hub_id)
+    if snap is None:
+        return None
+    readme = snap / "README.md"
+    return "fixture" if readme.exists() and FIXTURE_MARK in readme.read_text(errors="replace") else "hub"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How to reach one model.

@@ -51,6 +51,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from ..models.registry import FIXTURE_MARK
+
 __all__ = ["FIXTURE_REPOS", "BUILDER_VERSION", "build_hub_cache", "offline_hub", "hub_cache_dir"]
 
 #: Bumped whenever the bytes written for any repo change; repos built by another version are rebuilt.
@@ -673,7 +675,7 @@ _LFS_SUFFIXES = (".bin", ".ckpt", ".model", ".msgpack", ".onnx", ".pb", ".pt", "
 
 def _readme(repo_id: str, license_: str, library: str = "diffusers") -> bytes:
     return (f"---\nlicense: {license_}\nlibrary_name: {library}\ntags:\n- text-to-image\n---\n\n"
-            f"# {repo_id} (aconvlib test fixture)\n\nTiny random-weight stand-in with the published file layout, "
+            f"# {repo_id} {FIXTURE_MARK}\n\nTiny random-weight stand-in with the published file layout, "
             f"config keys and component classes of `{repo_id}`; only widths and depths are shrunk. Built offline by "
             f"`aconvlib.testing.hub_fixtures` (builder version {BUILDER_VERSION}). It generates noise, not images.\n"
             ).encode()
