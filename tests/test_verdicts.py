@@ -66,6 +66,6 @@ def test_a_verdict_on_random_fixture_weights_names_the_fixture(fixture_hub, tmp_
 
 
 def test_a_model_with_nothing_cached_keeps_its_name(empty_hub):
-    from aconvlib.book.verdicts import weights_label
+    from aconvlib.book.records import weights_label
 
     assert weights_label("sd15", "Fig. 2") == "sd15"

@@ -65,7 +65,7 @@ SUFFIX = ".records.json"
 
 __all__ = ["FORMAT", "Recorder", "current", "environment", "flatten", "format_tolerance", "load_sidecar",
            "matches", "model_fingerprints", "record", "record_verdict", "records_path_for", "set_chapter", "start", "to_jsonable",
-           "write_json"]
+           "WEIGHT_FREE_CLAIMS", "weights_label", "write_json"]
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -233,10 +233,8 @@ class Recorder:
         whole verdict (deciding numbers, n, baseline, what would test it) in the sidecar's ``verdicts``, which
         the verdict table reads. The deciding numbers are recorded by the chapter with their own tolerances.
         A verdict on a random-weight hub fixture names its model "<model> (fixture)"
-        (:func:`aconvlib.book.verdicts.weights_label`). Returns :meth:`Verdict.sentence`."""
+        (:func:`weights_label`). Returns :meth:`Verdict.sentence`."""
         import dataclasses
-
-        from .verdicts import weights_label
 
         label = weights_label(v.model, v.claim)
         if label != v.model:
@@ -317,6 +315,21 @@ def current() -> Recorder:
     if _CURRENT is None:
         return start()
     return _CURRENT
+
+
+#: claims whose test does not depend on trained weights (FLOPs from the configs, latency of the modules): a verdict
+#: on a random-weight fixture is as good as one on the real checkpoint
+WEIGHT_FREE_CLAIMS = frozenset({"Table 1", "Table 2"})
+
+
+def weights_label(model: str, claim: str) -> str:
+    """``model`` as a verdict names it: ``"sd15 (fixture)"`` when the weights it would load are a tiny random-weight
+    hub fixture (:func:`aconvlib.models.weights_source`) and the claim depends on trained weights, else ``model``."""
+    from ..models import weights_source
+
+    if claim in WEIGHT_FREE_CLAIMS or model.endswith("(fixture)"):
+        return model
+    return f"{model} (fixture)" if weights_source(model) == "fixture" else model
 
 
 def record_verdict(v) -> str:

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-__all__ = ["CLAIMS", "WEIGHT_FREE_CLAIMS", "collect", "details_markdown", "glue_recorded", "matrix", "matrix_markdown", "readme_table", "show",
-           "weights_label"]
+__all__ = ["CLAIMS", "collect", "details_markdown", "glue_recorded", "matrix", "matrix_markdown", "readme_table", "show"]
 
 # claim id → (the paper's statement, in short; the chapter that tests it). Order: the paper's.
 CLAIMS = {
@@ -31,21 +30,6 @@ CLAIMS = {
     "Fig. 8": ("the student generalizes to other resolutions", "07_distillation"),
     "Fig. 9": ("the student's ERF matches the teacher's", "08_comparison"),
 }
-
-
-#: claims whose test does not depend on trained weights (FLOPs from the configs, latency of the modules): a verdict
-#: on a random-weight fixture is as good as one on the real checkpoint
-WEIGHT_FREE_CLAIMS = frozenset({"Table 1", "Table 2"})
-
-
-def weights_label(model: str, claim: str) -> str:
-    """``model`` as a verdict names it: ``"sd15 (fixture)"`` when the weights it would load are a tiny random-weight
-    hub fixture (:func:`aconvlib.models.weights_source`) and the claim depends on trained weights, else ``model``."""
-    from ..models import weights_source
-
-    if claim in WEIGHT_FREE_CLAIMS or model.endswith("(fixture)"):
-        return model
-    return f"{model} (fixture)" if weights_source(model) == "fixture" else model
 
 
 def show(verdicts: Iterable, key: Optional[str] = None):
