@@ -193,3 +193,61 @@ def test_aconv_book_refreshes_the_regression_report_between_execution_and_build(
     refresh("smoke")
     assert seen == {"profile": "smoke", "selection": None, "execute": False}
     assert "1 failing (1 drift)" in capsys.readouterr().out
+
+
+FIGURE_CELL = """import matplotlib.pyplot as plt
+from aconvlib.book.figures import show_figure
+fig, ax = plt.subplots()
+ax.plot([1, 2])
+plt.show()                      # an undeclared figure: the inline backend draws it
+fig, ax = plt.subplots()
+ax.plot([2, 1])
+show_figure(fig, "t-line")"""
+DECLARE = "```{glue:figure} t-line\n:alt: a line\n:name: fig-t-line\n\nA falling line.\n```"
+
+
+def _figure_notebook(path: Path, body: str = FIGURE_CELL, declared=("t-line",)) -> Path:
+    _notebook(path, body)
+    nb = nbformat.read(path, 4)
+    nb.cells += [nbformat.v4.new_markdown_cell(DECLARE.replace("t-line", d)) for d in declared]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_figures_render_under_agg_and_a_missing_declared_figure_fails_the_chapter(tmp_path, profiles, monkeypatch):
+    from aconvlib.book.figures import declared_figures, missing_figures, produced_figures
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")          # what .ci/run exports: plt.show() would draw nothing
+    out = execute_chapter(_figure_notebook(tmp_path / "99_ok.ipynb"), "smoke", out_dir=tmp_path / "out",
+                          profiles_path=profiles)
+    nb = nbformat.read(out, 4)
+    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if any(k.endswith("image/png") for k in o.get("data", {}))]
+    assert len(pngs) == 2                               # plt.show()'s inline figure and the glued one
+    assert declared_figures(out) == ["t-line"] and produced_figures(out) == {"t-line"}
+    # a chapter that declares a figure it never makes fails, naming chapter and figure
+    src = _figure_notebook(tmp_path / "99_gap.ipynb", declared=("t-line", "t-missing"))
+    with pytest.raises(ChapterError, match=r"99_gap.*t-missing"):
+        execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_path=profiles)
+    # an executed chapter whose figure output was removed is caught by the same check
+    raw = json.loads(out.read_text())
+    for c in raw["cells"]:
+        if c["cell_type"] == "code":
+            c["outputs"] = [o for o in c.get("outputs", []) if (o.get("metadata") or {}).get("scrapbook", {})
+                            .get("name") != "t-line"]
+    assert missing_figures(raw) == ["t-line"]
+
+
+def test_plumbing_cells_are_hidden_and_the_run_is_described(tmp_path, profiles):
+    out = execute_chapter(_figure_notebook(tmp_path / "99_ok.ipynb"), "smoke", out_dir=tmp_path / "out",
+                          profiles_path=profiles)
+    nb = nbformat.read(out, 4)
+    for c in nb.cells:
+        tags = c.metadata.get("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags):
+            assert "remove-cell" in tags
+    box = [c for c in nb.cells if "aconv-run-box" in c.metadata.get("tags", [])]
+    assert len(box) == 1 and "`smoke` profile" in box[0].source and "| `x` | `5` |" in box[0].source
+    execute_chapter(out.parent.parent / "99_ok.ipynb", "smoke", out_dir=tmp_path / "out", profiles_path=profiles)
+    nb = nbformat.read(out, 4)
+    assert sum("aconv-run-box" in c.metadata.get("tags", []) for c in nb.cells) == 1   # replaced, not added

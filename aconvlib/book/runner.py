@@ -23,9 +23,11 @@ from typing import Callable
 
 import yaml
 
+from .figures import missing_figures
 from .records import ENV_CHAPTER, ENV_PATH, ENV_PROFILE, records_path_for
 
 
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 REGRESSION_REPORT = "regression_report.md"   # in book/: written by `aconv regress`, included by book/regression.md
 
 
@@ -159,7 +161,10 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path | None = N
     # The chapter's record() calls write beside the executed notebook (aconvlib.book.records).
     sidecar = records_path_for(out)
     sidecar.unlink(missing_ok=True)
-    env = {ENV_PATH: str(sidecar.resolve()), ENV_CHAPTER: path.stem, ENV_PROFILE: profile}
+    # The kernel draws inline whatever the caller's environment says (MPLBACKEND=Agg, CI's and many servers'
+    # setting, would make every plt.show() draw nothing); the book's own figures are PNGs either way (figures.py).
+    env = {ENV_PATH: str(sidecar.resolve()), ENV_CHAPTER: path.stem, ENV_PROFILE: profile,
+           "MPLBACKEND": INLINE_BACKEND}
     t0 = time.time()
     try:
         with _environ(env):
@@ -172,9 +177,48 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path | None = N
     except Exception as e:  # kernel died, timeout, bad notebook
         _finish_records(sidecar, path.stem, profile, f"failed: {type(e).__name__}", time.time() - t0)
         raise ChapterError(f"chapter {path.stem!r} failed: {type(e).__name__}: {e}") from None
+    missing = missing_figures(out)
+    if missing:
+        _finish_records(sidecar, path.stem, profile, f"failed: missing figures {missing}", time.time() - t0)
+        raise ChapterError(f"chapter {path.stem!r} executed but lacks declared figure(s) {', '.join(missing)}: "
+                           "its Markdown places them ({glue:figure}) and no cell produced them (show_figure)")
+    present_for_readers(out, profile, params)
     _finish_records(sidecar, path.stem, profile, "complete", time.time() - t0)
     print(f"[aconv] {path.stem}: executed under profile {profile!r} in {time.time() - t0:.1f} s -> {out}")
     return out
+
+
+#: cells a reader of the HTML does not need: the Colab install cell, the parameters cell and papermill's injected one
+PLUMBING_TAGS = ("aconv-install", "parameters", "injected-parameters")
+RUN_BOX_TAG = "aconv-run-box"
+
+
+def present_for_readers(executed: Path, profile: str, params: dict) -> None:
+    """Prepare an executed chapter for the HTML: the plumbing cells (:data:`PLUMBING_TAGS`) get ``remove-cell``
+    (they stay in the notebook for Jupyter, Colab and papermill), and a collapsed "How this page was run" box at
+    the end lists the profile and every parameter the run used (replaced on a rerun)."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    nb.cells = [c for c in nb.cells if RUN_BOX_TAG not in c.metadata.get("tags", [])]
+    for c in nb.cells:
+        tags = c.metadata.get("tags", [])
+        if any(t in tags for t in PLUMBING_TAGS) and "remove-cell" not in tags:
+            c.metadata["tags"] = [*tags, "remove-cell"]
+    rows = "\n".join(f"| `{k}` | `{_short(v)}` |" for k, v in params.items())
+    box = nbformat.v4.new_markdown_cell(
+        f"<details class=\"aconv-run\"><summary>How this page was run</summary>\n\n"
+        f"Executed with papermill under the `{profile}` profile (`notebooks/profiles.yml`; rerun with "
+        f"`aconv book {executed.stem} --profile {profile}`). Parameters:\n\n| parameter | value |\n|---|---|\n{rows}\n\n"
+        "</details>")
+    box.metadata["tags"] = [RUN_BOX_TAG]
+    nb.cells.append(box)
+    nbformat.write(nb, str(executed))
+
+
+def _short(v, limit: int = 90) -> str:
+    text = str(v).replace("|", "\\|").replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def build_html(book_path: Path | None = None) -> Path:
@@ -291,5 +335,5 @@ def run_book(selection: list[str] | None = None, profile: str = "smoke", build: 
     return html_dir
 
 
-__all__ = ["REGRESSION_REPORT", "ChapterError", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
+__all__ = ["INLINE_BACKEND", "PLUMBING_TAGS", "REGRESSION_REPORT", "ChapterError", "present_for_readers", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
            "external_resources", "load_profile", "run_book", "select_chapters"]
