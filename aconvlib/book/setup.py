@@ -34,6 +34,9 @@ def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optiona
         torch.set_num_threads(int(threads))
     pd.set_option("display.float_format", "{:.4g}".format)  # 4 significant digits: 0.0003 stays 0.0003
     pd.set_option("display.max_rows", 120)
+    from .tables import use_reading_tables
+
+    use_reading_tables()   # every table a cell shows: no index column, rounding for reading, names unbroken
     out = Path(output_dir) / chapter
     out.mkdir(parents=True, exist_ok=True)
     return out
