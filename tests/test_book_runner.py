@@ -251,3 +251,26 @@ def test_plumbing_cells_are_hidden_and_the_run_is_described(tmp_path, profiles):
     execute_chapter(out.parent.parent / "99_ok.ipynb", "smoke", out_dir=tmp_path / "out", profiles_path=profiles)
     nb = nbformat.read(out, 4)
     assert sum("aconv-run-box" in c.metadata.get("tags", []) for c in nb.cells) == 1   # replaced, not added
+
+
+def test_every_chapter_gets_a_colab_link_from_the_one_repository_url(tmp_path, profiles):
+    from aconvlib.book.runner import book_dir, colab_url
+
+    import yaml
+
+    url = yaml.safe_load((book_dir() / "_config.yml").read_text())["repository"]["url"]
+    link = colab_url("03_asm_highpass")
+    assert link == (f"https://colab.research.google.com/github/{url.split('github.com/')[1]}/blob/main/"
+                    "notebooks/03_asm_highpass.ipynb")
+    src = _figure_notebook(tmp_path / "99_ok.ipynb")
+    nb = nbformat.read(src, 4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("# 99. A chapter"))
+    nbformat.write(nb, src)
+    for _ in range(2):                                   # a rerun replaces the badge, it does not add one
+        out = execute_chapter(src, "smoke", out_dir=tmp_path / "out", profiles_path=profiles)
+    cells = nbformat.read(out, 4).cells
+    badges = [c for c in cells if "aconv-colab" in c.metadata.get("tags", [])]
+    assert len(badges) == 1 and cells[1] is badges[0] and "notebooks/99_ok.ipynb" in badges[0].source
+    bad = tmp_path / "_config.yml"
+    bad.write_text("repository:\n  url: https://example.org/x\n")
+    assert colab_url("03_asm_highpass", bad) is None

@@ -200,7 +200,14 @@ def present_for_readers(executed: Path, profile: str, params: dict) -> None:
     import nbformat
 
     nb = nbformat.read(str(executed), as_version=4)
-    nb.cells = [c for c in nb.cells if RUN_BOX_TAG not in c.metadata.get("tags", [])]
+    nb.cells = [c for c in nb.cells if not {RUN_BOX_TAG, COLAB_TAG} & set(c.metadata.get("tags", []))]
+    colab = colab_url(executed.stem)
+    if colab and nb.cells and nb.cells[0].cell_type == "markdown":
+        badge = nbformat.v4.new_markdown_cell(
+            f'<a class="aconv-colab" href="{colab}">Open this chapter in Colab</a> (the notebook installs '
+            "aconvlib in its first cell and runs on Colab's CPU or GPU; `full` needs the real checkpoints)")
+        badge.metadata["tags"] = [COLAB_TAG]
+        nb.cells.insert(1, badge)
     for c in nb.cells:
         tags = c.metadata.get("tags", [])
         if any(t in tags for t in PLUMBING_TAGS) and "remove-cell" not in tags:
@@ -214,6 +221,24 @@ def present_for_readers(executed: Path, profile: str, params: dict) -> None:
     box.metadata["tags"] = [RUN_BOX_TAG]
     nb.cells.append(box)
     nbformat.write(nb, str(executed))
+
+
+COLAB_TAG = "aconv-colab"
+
+
+def colab_url(chapter: str, config: Path | None = None) -> str | None:
+    """The Colab link of a chapter's source notebook, from the one repository URL in ``book/_config.yml``
+    (``repository.url`` and ``branch``); None when the config names no GitHub repository."""
+    try:
+        cfg = yaml.safe_load(Path(config or book_dir() / "_config.yml").read_text())
+    except (OSError, ChapterError):
+        return None
+    repo = (cfg.get("repository") or {})
+    m = re.match(r"https://github\.com/([^/]+/[^/]+?)/?$", str(repo.get("url", "")))
+    if not m:
+        return None
+    return (f"https://colab.research.google.com/github/{m.group(1)}/blob/{repo.get('branch', 'main')}/"
+            f"notebooks/{chapter}.ipynb")
 
 
 def _short(v, limit: int = 90) -> str:
@@ -335,5 +360,5 @@ def run_book(selection: list[str] | None = None, profile: str = "smoke", build: 
     return html_dir
 
 
-__all__ = ["INLINE_BACKEND", "PLUMBING_TAGS", "REGRESSION_REPORT", "ChapterError", "present_for_readers", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
+__all__ = ["INLINE_BACKEND", "colab_url", "PLUMBING_TAGS", "REGRESSION_REPORT", "ChapterError", "present_for_readers", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
            "external_resources", "load_profile", "run_book", "select_chapters"]
