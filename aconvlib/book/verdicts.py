@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-__all__ = ["CLAIMS", "collect", "details_markdown", "glue_recorded", "matrix", "matrix_markdown", "readme_table", "show"]
+__all__ = ["CLAIMS", "collect", "details_markdown", "glue_recorded", "matrix", "matrix_markdown", "model_groups",
+           "readme_table", "show"]
 
 # claim id → (the paper's statement, in short; the chapter that tests it). Order: the paper's.
 CLAIMS = {
@@ -130,13 +131,23 @@ def _md_table(header: list, rows: list) -> str:
     return "\n".join(lines)
 
 
-def matrix_markdown(df, models: Optional[list] = None) -> str:
-    """:func:`matrix` as a Markdown table (claims with the paper's words; models that judged nothing are left
-    out)."""
+def matrix_markdown(df, models: Optional[list] = None, claim_text: bool = True, skip_empty_rows: bool = False) -> str:
+    """:func:`matrix` as a Markdown table (claims with the paper's words unless ``claim_text=False``; models that
+    judged nothing are left out; with ``skip_empty_rows`` so are claims no listed model judged)."""
     m = matrix(df, models)
     cols = [c for c in m.columns[1:] if (m[c] != "not run").any()]
-    rows = [[f"**{claim}**", m.loc[claim, "the paper's claim"], *[m.loc[claim, c] for c in cols]] for claim in m.index]
-    return _md_table(["claim", "the paper says", *[f"`{c}`" for c in cols]], rows)
+    claims = [c for c in m.index if not skip_empty_rows or (m.loc[c, cols] != "not run").any()]
+    rows = [[f"**{claim}**", *([m.loc[claim, "the paper's claim"]] if claim_text else []),
+             *[m.loc[claim, c] for c in cols]] for claim in claims]
+    return _md_table(["claim", *(["the paper says"] if claim_text else []), *[f"`{c}`" for c in cols]], rows)
+
+
+def model_groups(df) -> dict[str, list]:
+    """The verdict table's column groups, narrow enough for a page: ``"embedded"`` (the ``mini-*`` models and
+    their variants) and ``"real"`` (real checkpoints, their fixtures and module-level rows)."""
+    models = list(dict.fromkeys(df["model"])) if len(df) else []
+    emb = [m for m in models if str(m).startswith("mini")]
+    return {"embedded": emb, "real": [m for m in models if m not in emb]}
 
 
 def details_markdown(df) -> str:
