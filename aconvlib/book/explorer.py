@@ -410,8 +410,9 @@ def build_explorer(out_html, models: Sequence[str] = ("mini-sd", "mini-dit"), ru
     first = payload["models"][0]
 
     def frame(title_, name):
-        p = figure(title=title_, name=name, frame_width=260, frame_height=260, x_range=Range1d(0, 1),
-                   y_range=Range1d(1, 0), tools="tap,reset,save", toolbar_location="below")   # y points down
+        p = figure(title=title_, name=name, width=290, height=340, x_range=Range1d(0, 1),
+                   y_range=Range1d(1, 0), tools="tap,reset,save", toolbar_location="below")
+        # y points down
         p.axis.visible = False
         p.grid.visible = False
         return p
@@ -436,7 +437,7 @@ def build_explorer(out_html, models: Sequence[str] = ("mini-sd", "mini-dit"), ru
     for p in (p_img, p_hp):
         p.rect("x", "y", "w", "h", source=marker, fill_alpha=0, line_color="cyan", line_width=2)
         p.scatter("x", "y", source=marker, marker="cross", size=12, color="cyan")
-    p_asm = figure(title="ASM(K) at this query", name="explorer_asm_plot", frame_width=260, frame_height=260,
+    p_asm = figure(title="ASM(K) at this query", name="explorer_asm_plot", width=290, height=340,
                    x_axis_label="window K (tokens)", y_axis_label="share of the row inside K×K",
                    y_range=Range1d(0, 1.02), tools="hover,reset,save", toolbar_location="below")
     curves = ColumnDataSource(dict(k=[1], asm=[0], hpasm=[0], uni=[0]), name="explorer_curves")
@@ -453,7 +454,7 @@ def build_explorer(out_html, models: Sequence[str] = ("mini-sd", "mini-dit"), ru
     group_sel = Select(title="sampling steps", value="0", name="explorer_group", width=200,
                        options=[(str(i), g) for i, g in enumerate(first["groups"])])
     follow = Checkbox(label="follow the pointer", active=False, name="explorer_follow")
-    info = Div(text="", name="explorer_info", sizing_mode="stretch_width")
+    info = Div(text="", name="explorer_info", styles={"max-width": "900px"})
     state = ColumnDataSource(dict(model=[first["model"]], layer=[0], group=[0], fy=[0.5], fx=[0.5], row=[-1],
                                   col=[-1], query=[-1]), name="explorer_state")
 
@@ -476,10 +477,9 @@ def build_explorer(out_html, models: Sequence[str] = ("mini-sd", "mini-dit"), ru
     group_sel.js_on_change("value", on_other)
     intro = Div(text=f"<b>{title}</b>: pick a model, a layer and the sampling steps, then click a token of the image. "
                      "Every shown row is the captured one within half its quantization step (uint8 per row).",
-                sizing_mode="stretch_width")
+                styles={"max-width": "900px"})
     plots = row(p_img, p_hp, p_asm, styles={"flex-wrap": "wrap"})
-    layout = column(intro, row(models_sel, layer_sel, group_sel, follow, styles={"flex-wrap": "wrap"}), plots, info,
-                    sizing_mode="stretch_width")
+    layout = column(intro, row(models_sel, layer_sel, group_sel, follow, styles={"flex-wrap": "wrap"}), plots, info)
     from bokeh.document import Document
     from bokeh.events import DocumentReady
 
@@ -487,6 +487,8 @@ def build_explorer(out_html, models: Sequence[str] = ("mini-sd", "mini-dit"), ru
     doc.add_root(layout)
     doc.js_on_event(DocumentReady, CustomJS(args=args, code=js + "\nexplorer.model_changed();"))  # first render
     html = file_html(doc, INLINE, title)
+    # phones lay the page out at their own width (without this, a 980 px desktop layout, zoomed out)
+    html = html.replace("<head>", '<head>\n<meta name="viewport" content="width=device-width, initial-scale=1">', 1)
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
