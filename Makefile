@@ -30,6 +30,12 @@ $(STAMP): pyproject.toml
 	# natten compiles against the installed torch, so it needs torch first and no build isolation
 	$(BIN)/python -m pip install -q --no-build-isolation natten
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	# headless Chromium + chromedriver for tests/test_browser.py (Debian/Ubuntu), only when chromedriver is missing
+	@if ! command -v chromedriver >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get install -y chromium chromium-driver || \
+		echo "warning: could not install chromium/chromium-driver; tests/test_browser.py will skip"; \
+	fi
 	touch $(STAMP)
 
 book: $(STAMP)
