@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["CONTROL_COLUMNS", "controls_table", "format_controls"]
+__all__ = ["CONTROL_COLUMNS", "controls_table", "format_controls", "live_na_controls", "quality_summary"]
 
 CONTROL_COLUMNS = ["model", "row", "method", "K", "K/grid", "n", "k", "adherence", "adherence_lo", "adherence_hi",
                    "fdd", "fdd_lo", "fdd_hi", "d_adherence", "d_adherence_lo", "d_adherence_hi", "adherence_difference",
@@ -94,3 +94,43 @@ def format_controls(frame):
         "difference? (FDD)": frame["fdd_difference"].map(yes),
         "n": frame["n"]})
     return out.reset_index(drop=True)
+
+
+def live_na_controls(pipe, prompts, na_kernel: int, *, steps: int, guidance_scale: float, seed: int = 0,
+                     n_real: int = 500) -> dict:
+    """Score an embedded model four ways on the same prompts and noise (chapter 5's live Fig. 6 test): its own
+    self-attention, NA with ``na_kernel`` in every ``attn1``, no self-attention (``none``) and uniform attention
+    (``uniform``). Returns label → :func:`aconvlib.mini.evaluate.evaluate_model` result (with per-image results);
+    ``pipe`` is restored after each condition."""
+    from ..mini.evaluate import evaluate_model
+    from ..mixers.convert import mixer_applied
+    from ..mixers.neighborhood import neighborhood_attention
+
+    def score():
+        return evaluate_model(pipe, prompts, steps, guidance_scale, seed, n_real=n_real)
+
+    out = {"self-attention": score()}
+    with neighborhood_attention(pipe, na_kernel):
+        out[f"NA K={na_kernel}"] = score()
+    for label, kind in (("no self-attention", "none"), ("uniform attention", "uniform")):
+        with mixer_applied(pipe, kind):
+            out[label] = score()
+    return out
+
+
+def quality_summary(results: dict, model: str, seed: int = 0):
+    """One row per condition of :func:`live_na_controls`: ``model``, ``n``, ``adherence [95% CI]`` (Wilson) and
+    ``FDD analogue [95% CI]`` (bias-corrected bootstrap over the images); and the ``(k, n)`` counts the Fig. 6
+    verdict takes (:func:`aconvlib.book.locality_claims.na_control_verdict`)."""
+    import pandas as pd
+
+    from ..mini.intervals import adherence_estimate, fdd_estimate
+
+    counts, rows = {}, {}
+    for label, res in results.items():
+        a = adherence_estimate(res)
+        counts[label] = (int(round(a.value * a.n)), a.n)
+        rows[label] = {"model": model, "n": a.n, "adherence [95% CI]": a.format(pct=True),
+                       "FDD analogue [95% CI]": fdd_estimate(res, seed=seed).format(".0f")}
+    frame = pd.DataFrame(rows).T.rename_axis("condition").reset_index()
+    return frame, counts
