@@ -213,7 +213,8 @@ def test_linear_scratch_init_round_trips(tmp_path):
 def test_distill_init_option(tmp_path):
     from diffusers import DDPMScheduler
 
-    from aconvlib.training.distill import DistillConfig, Distiller, check_init, make_student
+    from aconvlib.training.accelerated import Distiller
+    from aconvlib.training.distill import DistillConfig, check_init, make_student
 
     assert DistillConfig().init is None and DistillConfig(mixer="linear", init="scratch").init == "scratch"
     assert check_init("deltaconv", None) == "scratch" and check_init("linear", None) == "teacher"
@@ -238,7 +239,7 @@ def test_distill_init_option(tmp_path):
 
     cfg = DistillConfig(steps=1, batch=2, warmup=0, log_every=1, mixer="linear", init="scratch")
     Distiller(teacher, scratch, batches, cfg, tmp_path, quiet=True).run()
-    assert json.loads((tmp_path / "config.json").read_text())["init"] == "scratch"
+    assert json.loads((tmp_path / "config.json").read_text())["distill"]["init"] == "scratch"
     assert json.loads((tmp_path / "adapter" / "config.json").read_text())["init"] == "scratch"
 
 

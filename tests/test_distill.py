@@ -6,7 +6,8 @@ import torch
 
 from aconvlib.mixers.convert import get_adapter
 from aconvlib.mini import distill_batches as mini_batches
-from aconvlib.training.distill import Distiller, DistillConfig, make_student, min_snr_weight, to_epsilon
+from aconvlib.training.accelerated import Distiller
+from aconvlib.training.distill import DistillConfig, make_student, min_snr_weight, to_epsilon
 
 
 def _tiny_pipe():
@@ -193,7 +194,7 @@ def test_linear_attention_student_distills_two_steps_and_changes_only_its_mixers
                                                                                 "f_q", "f_k"}
         assert all(torch.equal(teacher_before[k], v) for k, v in teacher.unet.state_dict().items())
         log = [json.loads(l) for l in (tmp_path / "distill_log.jsonl").read_text().splitlines()]
-        assert log[0]["feat"] > 0 and json.loads((tmp_path / "config.json").read_text())["mixer"] == "linear"
+        assert log[0]["feat"] > 0 and json.loads((tmp_path / "config.json").read_text())["distill"]["mixer"] == "linear"
         reloaded = load_mixer(tiny_unet(), str(tmp_path / "adapter"))  # the saved result is a linear adapter
         assert isinstance(get_adapter(reloaded), LinearAttentionAdapter)
         student.unet.eval()
@@ -217,3 +218,45 @@ def test_distill_config_names_a_trainable_mixer_and_student_must_match(tmp_path)
     student = make_student(teacher, 3)  # ΔConv
     with pytest.raises(ValueError, match="holds deltaconv mixers but the config says mixer='linear'"):
         Distiller(teacher, student, _random_batches, DistillConfig(steps=1, mixer="linear"), tmp_path, quiet=True)
+
+
+#: Golden steps: three steps (batch 2, warm-up 2) of the tiny U-Net above, computed with the first
+#: single-process ``Distiller`` before it became the one distiller (issue 22); rows (loss, out, feat) per
+#: step, then the sum, the absolute sum and the squared sum of the adapter's parameters after step 3.
+GOLDEN_STEPS = {
+    "deltaconv": ([(0.3872019648551941, 0.38676226139068604, 0.4396917223930359),
+                   (0.01802005060017109, 0.01768171787261963, 0.3383333683013916),
+                   (0.03233196213841438, 0.03194276988506317, 0.3891918659210205)],
+                  (-3.741042963669315, 587.9241689810406, 78.46092843885637)),
+    "linear": ([(0.38762569427490234, 0.38762184977531433, 0.0038544093258678913),
+                (0.01753208227455616, 0.01752779819071293, 0.004284437745809555),
+                (0.031181881204247475, 0.031177593395113945, 0.004288320895284414)],
+               (121.94125835900434, 928.3667802120495, 261.9311585014007)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GOLDEN_STEPS))
+@pytest.mark.parametrize("shared", [False, True])
+def test_golden_steps_of_the_one_distiller(tmp_path, kind, shared):
+    """The one distiller on one process gives the pinned losses and weights, with the student built
+    beforehand (``Distiller``), as a converted copy, or sharing the teacher's weights."""
+    from aconvlib.training.accelerated import AcceleratedDistiller, RunConfig
+
+    teacher = _tiny_pipe()
+    cfg = DistillConfig(steps=3, batch=2, warmup=2, log_every=1, ckpt_every=10, mixer=kind)
+    if shared:
+        d = AcceleratedDistiller(teacher, _small_batches(teacher), cfg, tmp_path, run=RunConfig(), device="cpu",
+                                 quiet=True)
+    else:
+        d = Distiller(teacher, make_student(teacher, seed=cfg.seed, kind=kind), _small_batches(teacher), cfg,
+                      tmp_path, quiet=True)
+    losses, sums = GOLDEN_STEPS[kind]
+    for want in losses:
+        terms = d.train_step()
+        d.step += 1
+        got = [float(terms[k]) for k in ("loss", "out", "feat")]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
+    ps = [p.detach().double() for p in d.params]
+    got = (float(sum(p.sum() for p in ps)), float(sum(p.abs().sum() for p in ps)),
+           float(sum((p * p).sum() for p in ps)))
+    assert got == pytest.approx(sums, rel=1e-6)

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from aconvlib.training.accelerated import AcceleratedDistiller, ResumeError, RunConfig, SharedTeacher
-from aconvlib.training.distill import DistillConfig, Distiller, make_student
+from aconvlib.training.accelerated import Distiller
+from aconvlib.training.distill import DistillConfig, make_student
 from aconvlib.training.encoding import (CacheSet, PipelineEncoder, build_image_cache, cached_batches,
                                         to_distill_batch)
 from aconvlib.training.prompts import PromptError, load_prompts, shard_indices

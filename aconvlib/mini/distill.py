@@ -13,7 +13,8 @@ from typing import Iterator, Sequence
 import torch
 
 from ..models import get_denoiser, get_spec, load_pipeline, models_dir
-from ..training.distill import DistillConfig, Distiller, make_student, prediction_gap
+from ..training.accelerated import Distiller
+from ..training.distill import DistillConfig, make_student, prediction_gap
 from . import dataset
 from .models import to_latent
 

@@ -64,12 +64,13 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..mixers.convert import get_adapter, load_mixer, mixer_layers, save_mixer, to_mixer
+from ..mixers.convert import get_adapter, mixer_layers, save_mixer
 from ..models import denoise, get_denoiser, self_attention_layers
-from .distill import DistillConfig, check_trainable_kind, init_options, make_student, min_snr_weight, to_epsilon
+from .distill import DistillConfig, install_student, make_student, min_snr_weight, to_epsilon
 from .loop import RunLoop, atomic_save
+from .preview import PreviewSampler, image_grid
 
-__all__ = ["AcceleratedDistiller", "PreviewSampler", "RESUME_FIELDS", "ResumeError", "RunConfig", "SharedTeacher",
+__all__ = ["AcceleratedDistiller", "Distiller", "PreviewSampler", "RESUME_FIELDS", "ResumeError", "RunConfig", "SharedTeacher",
            "check_resume", "image_grid", "resolve_weight_dtype"]
 
 _MP = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -205,85 +206,16 @@ class _Outputs:
             h.remove()
 
 
-def _convert_in_place(den, cfg: DistillConfig):
-    """The student of ``cfg`` built on ``den`` itself (as :func:`make_student` does on a copy)."""
-    check_trainable_kind(cfg.mixer, "mixer")
-    if cfg.mixer != "deltaconv" and cfg.kernel_sizes != "paper":
-        raise ValueError(f"kernel_sizes={cfg.kernel_sizes!r} applies to ΔConv students, not {cfg.mixer!r} ones")
-    if cfg.init_adapter:
-        load_mixer(den, cfg.init_adapter, freeze=True, kind=cfg.mixer)
-        get_adapter(den).requires_grad_(True)
-    else:
-        opts = {"kernel_sizes": cfg.kernel_sizes} if cfg.mixer == "deltaconv" else {}
-        to_mixer(den, cfg.mixer, seed=cfg.seed, **opts, **init_options(cfg.mixer, cfg.init))
+class _OneProcess:
+    """The accelerate state of a plain single-process run (no process group, accelerate not needed)."""
 
+    num_processes, process_index, is_main_process = 1, 0, True
 
-def image_grid(images, cols: int | None = None):
-    """PIL images of one size → one PIL grid image."""
-    from PIL import Image
+    def __init__(self, device):
+        self.device = torch.device(device)
 
-    n = len(images)
-    cols = cols or min(n, 4)
-    rows = -(-n // cols)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, im in enumerate(images):
-        grid.paste(im.convert("RGB"), ((i % cols) * w, (i // cols) * h))
-    return grid
-
-
-class PreviewSampler:
-    """Preview images of a (student) denoiser for a few prompts, without the text encoders.
-
-    The prompts' text states and the unconditional ones come from a
-    :class:`~aconvlib.training.encoding.PipelineEncoder` once, at construction (so the text encoders may
-    leave the device afterwards); each call samples with a fresh copy of the pipeline's scheduler,
-    classifier-free guidance (the pipeline's default scale) and the same seed, and decodes with the VAE.
-    """
-
-    def __init__(self, pipe, encoder, prompts: list[str], *, px: int, steps: int = 20, guidance: float | None = None,
-                 seed: int = 0):
-        from .teacher_data import teacher_call_defaults
-
-        self.prompts, self.px, self.steps, self.seed = list(prompts), int(px), int(steps), seed
-        self.kind, self.vae, self.latent_factor = encoder.kind, pipe.vae, encoder.latent_factor
-        self.scheduler = pipe.scheduler
-        self.guidance = float(guidance if guidance is not None else teacher_call_defaults(pipe).get("guidance_scale", 4.5))
-        self.text = encoder.encode_text(self.prompts)
-        self.uncond = encoder.unconditional()
-        self.time_ids = encoder.time_ids(2 * len(self.prompts), self.px, self.px)
-
-    @torch.no_grad()
-    def __call__(self, denoiser, autocast=contextlib.nullcontext):
-        from PIL import Image
-
-        dev = next(p.device for p in denoiser.parameters())
-        n = len(self.prompts)
-        sched = type(self.scheduler).from_config(self.scheduler.config)
-        sched.set_timesteps(self.steps, device=dev)
-        both = {k: torch.cat([self.uncond[k].expand(n, *v.shape[1:]).to(v.dtype), v]).to(dev)
-                for k, v in self.text.items()}
-        text = both["prompt_embeds"].float()
-        cond = {}
-        if self.kind == "sdxl":
-            cond = {"text_embeds": both["pooled_prompt_embeds"].float(), "time_ids": self.time_ids.to(dev)}
-        elif self.kind == "pixart":
-            cond = {"encoder_attention_mask": both["prompt_attention_mask"]}
-        h = self.px // self.latent_factor
-        g = torch.Generator("cpu").manual_seed(self.seed)
-        lat = torch.randn(n, denoiser.config.in_channels, h, h, generator=g).to(dev) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([lat, lat]), t)
-            with autocast():
-                out = denoise(denoiser, inp, t.expand(2 * n), text, **cond).float()
-            u, c = out.chunk(2)
-            lat = sched.step(u + self.guidance * (c - u), t, lat, return_dict=False)[0]
-        cfg = self.vae.config
-        z = lat / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
-        with autocast():
-            img = self.vae.decode(z.to(self.vae.dtype)).sample.float()
-        arr = ((img / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in arr]
+    def wait_for_everyone(self) -> None:
+        pass
 
 
 def _peak_memory_gb(device: torch.device) -> tuple[float, str]:
@@ -306,13 +238,15 @@ class AcceleratedDistiller(RunLoop):
             checkpoint and compared on resume.
         preview: ``preview(denoiser, autocast) -> list of PIL images`` (e.g. a :class:`PreviewSampler`), called
             every ``run.sample_every`` steps on the main process.
+        student: a student pipeline built beforehand (:func:`~aconvlib.training.distill.make_student`) to
+            train instead of converting ``pipe`` (needs ``run.share_weights=False``); :class:`Distiller`.
     """
 
     log_name = "distill_log.jsonl"
 
     def __init__(self, pipe, batches: Callable[[int], Iterator], cfg: DistillConfig, out, *, run: RunConfig | None = None,
                  state=None, device=None, resume: bool = False, quiet: bool = False, identity: dict | None = None,
-                 preview: Callable | None = None):
+                 preview: Callable | None = None, student=None):
         from diffusers import DDPMScheduler
 
         run = run or RunConfig()
@@ -334,20 +268,24 @@ class AcceleratedDistiller(RunLoop):
         den = get_denoiser(pipe).to(self.device)
         den.requires_grad_(False)
         self.shared: SharedTeacher | None = None
+        if student is not None and run.share_weights:
+            raise ValueError("a student built beforehand is a copy: run it with RunConfig(share_weights=False)")
         if run.share_weights:
             originals = {l.name: l.module for l in self_attention_layers(den)}
-            _convert_in_place(den, cfg)
+            install_student(den, cfg.mixer, kernel_sizes=cfg.kernel_sizes, seed=cfg.seed,
+                            init_adapter=cfg.init_adapter, init=cfg.init)
             self.shared = SharedTeacher(den, originals)
             self.student_pipe, self.teacher, self.student = pipe, den, den
             teacher_attn = self.shared.originals
         else:
-            self.student_pipe = make_student(pipe, cfg.kernel_sizes, seed=cfg.seed, init_adapter=cfg.init_adapter,
-                                             kind=cfg.mixer, init=cfg.init)
+            self.student_pipe = student or make_student(pipe, cfg.kernel_sizes, seed=cfg.seed,
+                                                        init_adapter=cfg.init_adapter, kind=cfg.mixer, init=cfg.init)
             self.teacher, self.student = den.eval(), get_denoiser(self.student_pipe).to(self.device)
             teacher_attn = {l.name: l.module for l in self_attention_layers(self.teacher)}
         self.adapter = get_adapter(self.student)
         if self.adapter.kind != cfg.mixer:
-            raise ValueError(f"the student holds {self.adapter.kind} mixers but the config says mixer={cfg.mixer!r}")
+            raise ValueError(f"the student holds {self.adapter.kind} mixers but the config says mixer={cfg.mixer!r}; "
+                             f"build it with make_student(pipe, kind={cfg.mixer!r}) or set DistillConfig.mixer")
         torch.nn.Module.to(self.adapter, device=self.device, dtype=torch.float32)   # fp32 master weights
         self.params = [p for p in self.adapter.parameters() if p.requires_grad]
         if not self.params:
@@ -599,3 +537,17 @@ class AcceleratedDistiller(RunLoop):
         if s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
         self.step = int(s["step"])
+
+
+class Distiller(AcceleratedDistiller):
+    """:class:`AcceleratedDistiller` on one process with a student built beforehand, in the signature of the
+    first single-process distiller: ``Distiller(teacher_pipe, student_pipe, batches, cfg, out)``.
+
+    The student pipeline (:func:`~aconvlib.training.distill.make_student` with ``kind=cfg.mixer``) is trained in
+    place; the teacher pipeline stays stock. No accelerate state is needed.
+    """
+
+    def __init__(self, teacher_pipe, student_pipe, batches: Callable[[int], Iterator], cfg: DistillConfig, out,
+                 device="cpu", resume: bool = False, quiet: bool = False):
+        super().__init__(teacher_pipe, batches, cfg, out, run=RunConfig(share_weights=False),
+                         state=_OneProcess(device), device=device, resume=resume, quiet=quiet, student=student_pipe)

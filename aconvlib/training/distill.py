@@ -29,10 +29,11 @@ Data: any iterator of ``(x0_latents [B, C, h, w], text_states [B, L, D])`` or
 renders the procedural dataset and encodes its captions (dropped to "" 10% of the time so that the
 unconditional branch of classifier-free guidance is distilled too).
 
-At scale (many processes, mixed precision, gradient accumulation and checkpointing, EMA, one shared
-copy of the frozen weights) the same loss runs in
-:class:`~aconvlib.training.accelerated.AcceleratedDistiller`, what ``aconv distill`` uses; this
-:class:`Distiller` is the plain single-process reference (tested to give the same updates).
+The run itself is one class for one process or many (mixed precision, gradient accumulation and
+checkpointing, EMA, one shared copy of the frozen weights):
+:class:`~aconvlib.training.accelerated.AcceleratedDistiller`; ``accelerated.Distiller(teacher, student, ...)`` is
+the same class called with a student built beforehand (:func:`make_student`) on one process; a
+golden-step test (tests/test_distill.py) pins its losses and weights to those of the shipped adapters' code.
 
 Runs are tasks of :class:`aconvlib.training.loop.RunLoop`: a tqdm bar, a log in
 ``<out>/distill_log.jsonl``, atomic checkpoints in ``<out>/ckpt.pt`` (adapter weights, optimizer,
@@ -42,18 +43,16 @@ step, generator) and resume after a kill with ``resume=True``; the result is sav
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..mixers.convert import MIXER_KINDS, TRAINABLE_KINDS, get_adapter, load_mixer, mixer_layers, save_mixer, to_mixer
-from ..models import denoise, family_of, get_denoiser, self_attention_layers
-from .loop import RunLoop
+from ..mixers.convert import MIXER_KINDS, TRAINABLE_KINDS, get_adapter, load_mixer, to_mixer
+from ..models import denoise, family_of, get_denoiser
 
-__all__ = ["DistillConfig", "Distiller", "INITS", "check_init", "check_trainable_kind", "init_options", "make_student",
-           "min_snr_weight", "prediction_gap", "to_epsilon"]
+__all__ = ["DistillConfig", "INITS", "check_init", "check_trainable_kind", "init_options",
+           "install_student", "make_student", "min_snr_weight", "prediction_gap", "to_epsilon"]
+
 
 
 @dataclass
@@ -158,21 +157,26 @@ def to_epsilon(pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, p
     raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
 
 
-class _Outputs:
-    """Forward hooks that keep the latest output of each named module."""
+def install_student(den, kind: str = "deltaconv", *, kernel_sizes="paper", seed: int = 0,
+                    init_adapter: str | None = None, init: str | None = None, **mixer_options):
+    """``den`` (a denoiser) turned into a student with ``kind`` mixers, in place; returns it.
 
-    def __init__(self, modules: dict[str, torch.nn.Module]):
-        self.values: dict[str, torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in modules.items()]
-
-    def _hook(self, name):
-        def hook(module, args, output):
-            self.values[name] = output[0] if isinstance(output, tuple) else output
-        return hook
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
+    Fresh mixers (:func:`~aconvlib.mixers.convert.to_mixer`, ``kernel_sizes`` for ΔConv, ``init`` as
+    :func:`check_init` says) or, with ``init_adapter``, a saved adapter of that kind made trainable again.
+    """
+    check_trainable_kind(kind)
+    mixer_options.update(init_options(kind, init))
+    if init is not None and init_adapter:
+        raise ValueError("init and init_adapter exclude each other (a saved adapter is its own start)")
+    if kind == "deltaconv":
+        mixer_options["kernel_sizes"] = kernel_sizes
+    elif kernel_sizes != "paper":
+        raise ValueError(f"kernel_sizes={kernel_sizes!r} applies to ΔConv students, not {kind!r} ones")
+    if init_adapter:
+        den = load_mixer(den, init_adapter, freeze=True, kind=kind)
+        get_adapter(den).requires_grad_(True)
+        return den
+    return to_mixer(den, kind, seed=seed, **mixer_options)
 
 
 def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | None = None, *,
@@ -186,130 +190,14 @@ def make_student(pipe, kernel_sizes="paper", seed: int = 0, init_adapter: str | 
     ``init_adapter``: start from a saved adapter (folder) of that kind instead of fresh mixers, e.g.
     to re-distill after the teacher was fine-tuned; the options and ``seed`` are then the adapter's.
     """
-    check_trainable_kind(kind)
-    mixer_options.update(init_options(kind, init))
-    if init is not None and init_adapter:
-        raise ValueError("init and init_adapter exclude each other (a saved adapter is its own start)")
-    if kind == "deltaconv":
-        mixer_options["kernel_sizes"] = kernel_sizes
-    elif kernel_sizes != "paper":
-        raise ValueError(f"kernel_sizes={kernel_sizes!r} applies to ΔConv students, not {kind!r} ones")
     student = copy.copy(pipe)
     name = family_of(get_denoiser(pipe)).pipeline_attr
-    den = copy.deepcopy(get_denoiser(pipe))
-    if init_adapter:
-        den = load_mixer(den, init_adapter, freeze=True, kind=kind)
-        get_adapter(den).requires_grad_(True)
-    else:
-        den = to_mixer(den, kind, seed=seed, **mixer_options)
+    den = install_student(copy.deepcopy(get_denoiser(pipe)), kind, kernel_sizes=kernel_sizes, seed=seed,
+                          init_adapter=init_adapter, init=init, **mixer_options)
     setattr(student, name, den)
     if hasattr(student, "denoiser_name"):
         student.denoiser_name = name
     return student
-
-
-class Distiller(RunLoop):
-    """One distillation run of ``teacher``'s self-attention into ``student``'s token mixers, in ``out``.
-
-    The student comes from :func:`make_student` with ``kind=cfg.mixer``; only its adapter's
-    parameters are optimised, and the feature loss hooks every mixer wrapper (whatever its kind)
-    and the teacher's ``attn1`` of the same name.
-
-    ``batches(start_step)`` returns the batch iterator from step ``start_step`` on (so a resumed run
-    sees the batches it had not seen yet).
-    """
-
-    log_name = "distill_log.jsonl"
-
-    def __init__(self, teacher_pipe, student_pipe, batches: Callable[[int], Iterator], cfg: DistillConfig, out,
-                 device="cpu", resume: bool = False, quiet: bool = False):
-        from diffusers import DDPMScheduler
-
-        super().__init__(out, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-                         max_minutes=cfg.max_minutes, desc="distill", quiet=quiet)
-        if cfg.batch < 1:
-            raise ValueError(f"batch must be a positive integer, got {cfg.batch}")
-        self.cfg, self.device = cfg, torch.device(device)
-        self.teacher = get_denoiser(teacher_pipe).to(self.device).eval().requires_grad_(False)
-        self.student_pipe = student_pipe
-        self.student = get_denoiser(student_pipe).to(self.device)
-        self.adapter = get_adapter(student_pipe)
-        if self.adapter.kind != cfg.mixer:
-            raise ValueError(f"the student holds {self.adapter.kind} mixers but the config says mixer={cfg.mixer!r}; "
-                             f"build it with make_student(pipe, kind={cfg.mixer!r}) or set DistillConfig.mixer")
-        self.params = [p for p in self.adapter.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError(f"the student has no trainable {self.adapter.title} parameters")
-        sched = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
-        self.prediction_type = sched.config.prediction_type
-        self.alphas = sched.alphas_cumprod.to(self.device)
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
-        self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
-        if resume:
-            self.resume_from_checkpoint()
-        self.batches = batches(self.step)
-        teacher_layers = {l.name: l.module for l in self_attention_layers(self.teacher)}
-        student_layers = dict(mixer_layers(self.student))
-        if set(teacher_layers) != set(student_layers):
-            raise ValueError("teacher and student self-attention layers differ; build the student with make_student")
-        self.t_out, self.s_out = _Outputs(teacher_layers), _Outputs(student_layers)
-
-    def loss(self) -> dict[str, torch.Tensor]:
-        """One batch's losses: ``loss`` (total), ``out`` (Min-SNR ε terms), ``feat`` (feature term)."""
-        x0, text, *rest = next(self.batches)
-        cond = {k: v.to(self.device) for k, v in (rest[0] if rest else {}).items()}
-        x0, text = x0.to(self.device), text.to(self.device)
-        B = x0.shape[0]
-        t = torch.randint(0, len(self.alphas), (B,), generator=self.gen, device=self.device)
-        eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
-        a = self.alphas[t].view(B, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        with torch.no_grad():
-            eps_t = to_epsilon(denoise(self.teacher, x_t, t, text, **cond).float(), x_t, a, self.prediction_type)
-        eps_s = to_epsilon(denoise(self.student, x_t, t, text, **cond).float(), x_t, a, self.prediction_type)
-        w = min_snr_weight(self.alphas, t, self.cfg.min_snr_gamma)
-        per_sample = ((eps_s - eps) ** 2).mean((1, 2, 3)) + ((eps_s - eps_t) ** 2).mean((1, 2, 3))
-        out = (w * per_sample).mean()
-        feat = sum(F.mse_loss(self.s_out.values[n].float(), self.t_out.values[n].float())
-                   for n in self.t_out.values)
-        return {"loss": out + self.cfg.feature_weight * feat, "out": out.detach(), "feat": feat.detach()}
-
-    # -- RunLoop task ----------------------------------------------------------------------------------
-    def train_step(self) -> dict[str, torch.Tensor]:
-        for g in self.opt.param_groups:
-            g["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
-        losses = self.loss()
-        self.opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        return losses
-
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
-    def run(self, stop_at: int | None = None) -> dict:
-        """Distill until ``cfg.steps`` (or ``max_minutes``); save the adapter; return a summary."""
-        self.student.train()
-        return super().run(stop_at)
-
-    def finish(self, summary: dict) -> dict:
-        self.student.eval()
-        save_mixer(self.student, str(self.out / "adapter"))
-        return {**summary, "adapter": str(self.out / "adapter")}
-
-    def state(self) -> dict:
-        return {"config": asdict(self.cfg), "step": self.step, "adapter": self.adapter.state_dict(),
-                "optimizer": self.opt.state_dict(), "generator": self.gen.get_state()}
-
-    def load_state(self, s: dict) -> None:
-        self.adapter.load_state_dict(s["adapter"])
-        self.opt.load_state_dict(s["optimizer"])
-        self.gen.set_state(s["generator"].cpu())
-        self.step = s["step"]
 
 
 @torch.no_grad()
