@@ -274,3 +274,17 @@ def test_every_chapter_gets_a_colab_link_from_the_one_repository_url(tmp_path, p
     bad = tmp_path / "_config.yml"
     bad.write_text("repository:\n  url: https://example.org/x\n")
     assert colab_url("03_asm_highpass", bad) is None
+
+
+def test_theme_script_fixes(tmp_path):
+    from aconvlib.book.runner import fix_theme_scripts
+
+    page = tmp_path / "p.html"
+    cfg = '<script>const THEBE_JS_URL = "x"; const a = 1</script>\n'
+    page.write_text(f'<html><head>{cfg}<script>other()</script>{cfg}<script>document.documentElement.dataset.mode = '
+                    'localStorage.getItem("mode") || "";</script></head><body data-default-mode=""></body></html>')
+    assert fix_theme_scripts(tmp_path) == 1
+    text = page.read_text()
+    assert text.count("THEBE_JS_URL") == 1 and "other()" in text
+    assert 'getItem("mode") || "auto"' in text and 'data-default-mode="auto"' in text
+    assert fix_theme_scripts(tmp_path) == 0                         # idempotent

@@ -261,6 +261,7 @@ def build_html(book_path: Path | None = None) -> Path:
         raise ChapterError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
     html_dir = book_path / "_build" / "html"
     point_launch_links_at_sources(html_dir)
+    fix_theme_scripts(html_dir)
     # MathJax is served from the build (book/_extra/mathjax, copied by Sphinx's html_extra_path).
     if not (html_dir / "mathjax" / "tex-mml-chtml.js").exists():
         raise ChapterError(f"MathJax is missing from {html_dir / 'mathjax'}; the book would not render math offline")
@@ -285,6 +286,36 @@ def point_launch_links_at_sources(html_dir: Path) -> int:
         if k:
             page.write_text(new)
             n += k
+    return n
+
+
+_THEME_MODE = re.compile(r'(localStorage\.getItem\("(?:mode|theme)"\) \|\| )""')
+_DEFAULT_MODE_ATTR = 'data-default-mode=""'
+
+
+def fix_theme_scripts(html_dir: Path) -> int:
+    """Remove the two console errors every page of a jupyter-book 1.x build throws (a browser test reads them).
+
+    - sphinx-thebe adds its configuration script twice (``const THEBE_JS_URL`` declared twice: a SyntaxError
+      in the second copy): keep the first copy of every identical inline ``<script>``.
+    - pydata-sphinx-theme, without a ``default_mode`` theme option (jupyter-book passes none), starts with the
+      empty mode and logs "Got invalid theme mode": start from ``"auto"``, the mode it falls back to anyway.
+
+    Returns the number of pages changed."""
+    n = 0
+    for page in Path(html_dir).rglob("*.html"):
+        text = page.read_text(errors="replace")
+        seen, out, pos = set(), [], 0
+        for m in re.finditer(r"<script>(.*?)</script>\s*", text, flags=re.S):
+            if m.group(1) in seen:
+                out.append(text[pos:m.start()])
+                pos = m.end()
+            seen.add(m.group(1))
+        new = "".join(out) + text[pos:]
+        new = _THEME_MODE.sub(r'\1"auto"', new).replace(_DEFAULT_MODE_ATTR, 'data-default-mode="auto"')
+        if new != text:
+            page.write_text(new)
+            n += 1
     return n
 
 
@@ -360,5 +391,5 @@ def run_book(selection: list[str] | None = None, profile: str = "smoke", build: 
     return html_dir
 
 
-__all__ = ["INLINE_BACKEND", "colab_url", "PLUMBING_TAGS", "REGRESSION_REPORT", "ChapterError", "present_for_readers", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
+__all__ = ["INLINE_BACKEND", "colab_url", "fix_theme_scripts", "PLUMBING_TAGS", "REGRESSION_REPORT", "ChapterError", "present_for_readers", "book_root", "build_html", "chapters", "check_offline", "execute_chapter",
            "external_resources", "load_profile", "run_book", "select_chapters"]
