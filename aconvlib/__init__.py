@@ -2,11 +2,46 @@
 
 Locality studies of self-attention in diffusers models and ΔConvBlock replacements
 (Dong et al., "Can We Achieve Efficient Diffusion without Self-Attention?", ICCV 2025).
+
+The everyday names are importable from here and load their subpackage on first use (PEP 562, as diffusers does),
+so ``import aconvlib`` imports neither torch nor diffusers and changes no global state::
+
+    from aconvlib import load_pipeline, capture_self_attention, asm_curve, to_deltaconv
+
+Subpackages, lowest layer first: ``models`` (registry, families), ``analysis``, ``mixers``, ``training``,
+``mini`` (the embedded models), ``book``, ``cli``; ``utils`` holds the shared small utilities.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-import warnings as _warnings
+#: top-level name -> the subpackage that defines it
+_LAZY = {
+    "list_models": "models",
+    "load_denoiser": "models",
+    "load_pipeline": "models",
+    "capture_self_attention": "analysis",
+    "asm_curve": "analysis",
+    "DeltaConvBlock": "mixers",
+    "to_deltaconv": "mixers",
+    "save_deltaconv": "mixers",
+    "load_deltaconv": "mixers",
+    "neighborhood_attention": "mixers",
+    "distill_model": "training",
+}
 
-# In Jupyter without ipywidgets, tqdm.auto (imported by diffusers and by our training loops) falls back
-# to text bars with a warning on every chapter; the text bars are what we want (offline HTML).
-_warnings.filterwarnings("ignore", message="IProgress not found")
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value   # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -202,15 +202,55 @@ def test_highpass_delta_matches_numpy_reference():
     assert got[-1] > 0.5
 
 
+class _LargestNewTensor:
+    """Records the largest tensor any torch op creates (views of ``source``, which own no memory, excluded)."""
+
+    def __init__(self, source: torch.Tensor):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ptr, largest = source.untyped_storage().data_ptr(), [0]
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() != ptr:
+                        largest[0] = max(largest[0], t.numel())
+                return out
+
+        self.mode, self._largest = Mode(), largest
+
+    @property
+    def numel(self) -> int:
+        return self._largest[0]
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
 def test_large_map_is_chunked_without_copies():
     grid = (32, 32)
+    n = grid[0] * grid[1]
     A = gaussian_local(grid, 1.5).float()
     ks = [1, 5, 11, 63]
     c1 = L.asm_curve(A, grid, ks, chunk=1024)
-    c2 = L.asm_curve(A, grid, ks, chunk=100)
+    with _LargestNewTensor(A) as seen:
+        c2 = L.asm_curve(A, grid, ks, chunk=100)
     assert torch.allclose(c1, c2, atol=1e-12) and c1[-1].item() == pytest.approx(1.0, abs=1e-6)
-    hp = L.highpass_asm_curve(A, grid, ks, 0.1)
+    # no op made an [N, N] copy (a .double() or .contiguous() of A would): memory grows with the chunk only
+    bound = 100 * (grid[0] + 1) * (grid[1] + 1)   # one chunk's zero-padded prefix sums
+    assert 0 < seen.numel <= bound < n * n
+    with _LargestNewTensor(A) as seen:
+        hp = L.highpass_asm_curve(A, grid, ks, 0.1, chunk=100)
     assert 0 < hp[0] < hp[1] < hp[2] <= hp[3] + 1e-12
+    assert 0 < seen.numel <= bound < n * n
+    with _LargestNewTensor(A) as seen:   # the check itself can fail: a full copy is seen
+        A.double()
+    assert seen.numel == n * n
 
 
 def test_uniform_asm_closed_form_matches_measured():

@@ -1,5 +1,6 @@
 """Chapter 7's real-model part (aconvlib.book.real_adapters) on the tiny hub fixtures: the student is evaluated
 where an adapter exists, and a model without one is named plainly with its teacher's samples shown."""
+import numpy as np
 import pytest
 
 from aconvlib.book.real_adapters import STUDENT, TEACHER, evaluate_real_adapters, resolve_adapter
@@ -27,7 +28,14 @@ def test_student_where_an_adapter_exists_teacher_only_elsewhere(fixture_hub, sd1
     assert rep.images["sd15"][TEACHER].shape == rep.images["sd15"][STUDENT].shape == (2, 64, 64, 3)
     table = rep.table.set_index("model")
     assert table.loc["sd15", "adapter"] == str(sd15_adapter) and table.loc["pixart-sigma-512", "adapter"] == "none"
-    assert table.loc["sd15", "rmse_student_vs_teacher"] >= 0
+    # the adapter really changes the denoiser: a conversion that did nothing would give the teacher's images
+    student, teacher = rep.images["sd15"][STUDENT], rep.images["sd15"][TEACHER]
+    assert not np.array_equal(student, teacher) and table.loc["sd15", "rmse_student_vs_teacher"] > 0
+    # ... and only the student: the teacher's images are those of a run without any adapter, for both models
+    plain = evaluate_real_adapters(["sd15", "pixart-sigma-512"], {}, n_prompts=2, steps=2, height=64, width=64)
+    assert set(plain.images["sd15"]) == {TEACHER}
+    np.testing.assert_array_equal(plain.images["sd15"][TEACHER], teacher)
+    np.testing.assert_array_equal(plain.images["pixart-sigma-512"][TEACHER], rep.images["pixart-sigma-512"][TEACHER])
     assert "ΔConv student" in rep.lines[0] and "sd15" in rep.lines[0]
     assert rep.lines[1].startswith("pixart-sigma-512: no distilled ΔConv adapter available")
     fig = rep.plot("pixart-sigma-512")

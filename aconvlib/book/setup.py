@@ -16,6 +16,7 @@ def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optiona
     thread count (None: torch's default), pandas float display (4 significant digits), name the chapter for its records
     (:mod:`aconvlib.book.records`); return ``output_dir/chapter`` (created)."""
     import os
+    import warnings
 
     import pandas as pd
     import torch
@@ -23,6 +24,9 @@ def setup_chapter(chapter: str, output_dir: str, seed: int = 0, threads: Optiona
     from . import records
 
     records.set_chapter(chapter)
+    # In Jupyter without ipywidgets, tqdm.auto (imported by diffusers and by our training loops) falls back to
+    # text bars with a warning on every chapter; the text bars are what we want (offline HTML).
+    warnings.filterwarnings("ignore", message="IProgress not found")
     torch.manual_seed(seed)
     # Same numbers on a rerun where that is cheap (the regression records, `aconv regress`); cuBLAS needs
     # its workspace setting before CUDA starts. Ops without a deterministic version only warn.

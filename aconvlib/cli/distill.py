@@ -46,7 +46,7 @@ def _device(name: str | None) -> str:
 def _run(a) -> None:
     from ..mini.distill import distill_mini
     from ..training.accelerated import ResumeError, RunConfig
-    from ..training.datasets import DataError
+    from ..training.data import DataError
     from ..training.distill import DistillConfig
     from ..training.latent_cache import CacheError
     from ..training.prompts import PromptError

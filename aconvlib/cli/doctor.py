@@ -1,15 +1,9 @@
 """``aconv doctor``: what this machine can run — device, memory, versions, cached checkpoints, chapters."""
 from __future__ import annotations
 
-import importlib
 import os
 
-
-def _version(mod: str) -> str:
-    try:
-        return getattr(importlib.import_module(mod), "__version__", "installed")
-    except Exception as e:  # noqa: BLE001 - a broken install is exactly what doctor reports
-        return f"not importable ({type(e).__name__})"
+from ..utils import module_version
 
 
 def chapter_models(params: dict) -> list[str]:
@@ -26,7 +20,7 @@ def report() -> dict:
     from ..models.memory import estimate_run_bytes
     from ..models.registry import _not_in_cache
 
-    out = {"versions": {m: _version(m) for m in ("aconvlib", "torch", "diffusers", "transformers", "accelerate",
+    out = {"versions": {m: module_version(m) for m in ("aconvlib", "torch", "diffusers", "transformers", "accelerate",
                                                   "triton", "natten")}}
     from ..book.budget import available_memory
 

@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..utils import atomic_path, atomic_write_json
+
 __all__ = ["StoredRows"]
 
 
@@ -56,9 +58,6 @@ class StoredRows:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.features:
-            tmp = self.features_path.with_name(self.features_path.stem + ".tmp.npz")
-            np.savez_compressed(tmp, **self.features)
-            tmp.replace(self.features_path)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+            with atomic_path(self.features_path, tmp_name=self.features_path.stem + ".tmp.npz") as tmp:
+                np.savez_compressed(tmp, **self.features)
+        atomic_write_json(self.path, self.data)

@@ -68,19 +68,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..models import LatentTracker, SelfAttentionLayer, family_of, get_denoiser, self_attention_layers
+from ..models.families import OFFICIAL_KERNEL_SIZES, PAPER_KERNEL_SIZES  # noqa: F401 (re-exported)
 from .controls import NoAttention, UniformAttention
 from .deltaconv import DeltaConvBlock
 from .linear_attention import GeneralizedLinearAttention
 from .window_attention import WINDOW_MODES, WindowAttention, _check_window
-
-
-# The authors' per-resolution kernel sizes, by (part, level); level 0 = full latent resolution.
-OFFICIAL_KERNEL_SIZES = {
-    "sd15": {("down", 0): 7, ("down", 1): 9, ("down", 2): 5, ("mid", 3): 3,
-             ("up", 2): 5, ("up", 1): 9, ("up", 0): 11},
-    "sdxl": {("down", 1): 9, ("down", 2): 7, ("mid", 2): 9, ("up", 2): 9, ("up", 1): 13},
-}
-PAPER_KERNEL_SIZES = {"sd15": 9, "sdxl": 13, "pixart": 13}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,17 +113,18 @@ def resolve_kernel_sizes(denoiser: nn.Module, kernel_sizes="paper",
                          layers: list[SelfAttentionLayer] | None = None) -> dict[str, int]:
     """Kernel size K of every self-attention layer: ``{layer name: K}`` (see the module docstring)."""
     layers = self_attention_layers(denoiser) if layers is None else layers
-    kind = model_kind(denoiser)
+    fam = family_of(denoiser)   # the paper's facts per architecture live with the family
+    kind = fam.kind(denoiser)
     if isinstance(kernel_sizes, bool):
         raise TypeError("kernel_sizes must be 'paper', 'official', an int, a dict or a callable")
     if kernel_sizes == "paper":
-        return {l.name: PAPER_KERNEL_SIZES[kind] for l in layers}
+        return {l.name: fam.paper_kernel_size(denoiser) for l in layers}
     if kernel_sizes == "official":
-        if kind == "pixart":
-            return {l.name: 13 for l in layers}
-        table, out = OFFICIAL_KERNEL_SIZES[kind], {}
+        table, out = fam.official_kernel_sizes(denoiser), {}
+        if isinstance(table, int):   # one K for every layer (PixArt)
+            return {l.name: table for l in layers}
         for l in layers:
-            key = (family_of(denoiser).layer_part(l.name), l.level)
+            key = (fam.layer_part(l.name), l.level)
             if key not in table:
                 raise ValueError(f"the authors' kernel-size table ({kind}) has no entry for {l.name} "
                                  f"({key[0]} level {l.level}); this U-Net's layout differs from {kind.upper()}: "

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils import parse_dtype
+
 from .layers import self_attention_layers
 from .registry import get_spec, load_denoiser
 
@@ -28,9 +30,7 @@ OTHER_PARAMS_M = {
 
 
 def dtype_bytes(dtype) -> int:
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.replace("torch.", ""))
-    return torch.empty((), dtype=dtype).element_size()
+    return torch.empty((), dtype=parse_dtype(dtype)).element_size()
 
 
 def cached_params(repo_id: str, exclude: tuple = ()) -> int | None:

@@ -20,15 +20,17 @@ of the embedded domain (:mod:`aconvlib.mini`).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
+from .buckets import SDXL_BUCKETS, area_buckets, pixart_bins
 from .families import get_family
 from .resources import config_dir, models_dir
 
@@ -97,6 +99,9 @@ class ModelSpec:
             denoiser (PixArt-Σ 512: ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers``).
         variants: weight-file variants the published repo has (``("fp16",)`` for SD1.5 and SDXL);
             asking a registered model for another variant is an error before any loading.
+        buckets: returns the model's aspect-ratio training buckets, (height, width) in pixels (None: the model
+            has no bucket table; see :meth:`bucket_sizes` and :mod:`aconvlib.models.buckets`).
+        aliases: other names :func:`lookup_spec` accepts (besides the name, the hub id and the hub repo's name).
     """
 
     name: str
@@ -109,6 +114,8 @@ class ModelSpec:
     embedded: bool = False
     components_from: Optional[str] = None
     variants: tuple = ()
+    buckets: Optional[Callable[[], Sequence[tuple[int, int]]]] = None
+    aliases: tuple = ()
 
     @property
     def denoiser_subfolder(self) -> str:
@@ -126,12 +133,39 @@ class ModelSpec:
             return self.local_dir / self.denoiser_subfolder / "config.json"
         return config_dir() / self.name / f"{self.denoiser_subfolder}.json"
 
+    @property
+    def config(self) -> dict:
+        """The shipped architecture config of the denoiser (read once)."""
+        return dict(_read_config(self.config_path))
+
+    @property
+    def grid_factors(self) -> tuple[int, int, int]:
+        """(latent factor, patch size, down-sampling) from the shipped config (see ``DenoiserFamily.grid_factors``):
+        image sides must be multiples of :attr:`grid_multiple`, their product."""
+        return get_family(self.family).grid_factors(_read_config(self.config_path), self.latent_factor)
+
+    @property
+    def grid_multiple(self) -> int:
+        a, b, c = self.grid_factors
+        return a * b * c
+
+    def bucket_sizes(self) -> list[tuple[int, int]]:
+        """The model's aspect-ratio training buckets, (height, width) in pixels; LookupError if it has none."""
+        if self.buckets is None:
+            raise LookupError(f"{self.name} has no bucket table")
+        return [(int(h), int(w)) for h, w in self.buckets()]
+
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:
         """Latent (h, w) for an image of ``height``×``width`` pixels."""
         f = self.latent_factor
         if height <= 0 or width <= 0 or height % f or width % f:
             raise ValueError(f"{self.name}: image size {height}x{width} must be a positive multiple of {f} px")
         return height // f, width // f
+
+
+@functools.lru_cache(maxsize=None)
+def _read_config(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -162,6 +196,23 @@ def get_spec(name: str) -> ModelSpec:
         f"unknown model {name!r}. Known models: {known}. "
         "A Hugging Face hub id ('org/name') or a local diffusers folder also works."
     )
+
+
+def lookup_spec(name: str) -> ModelSpec:
+    """The registered model called ``name``: its registry name, an alias, its hub id or the hub repo's name (all
+    case-insensitive, ``_`` read as ``-``), e.g. ``"SDXL"``, ``"stable-diffusion-v1-5"``,
+    ``"PixArt-alpha/PixArt-Sigma-XL-2-512-MS"``. UnknownModelError for anything else (no guessing)."""
+    def norm(s: str) -> str:
+        return str(s).strip().lower().replace("_", "-")
+
+    key = norm(name)
+    for spec in list_models():
+        names = {spec.name, *spec.aliases}
+        if spec.hub_id:
+            names |= {spec.hub_id, spec.hub_id.rsplit("/", 1)[-1]}
+        if key in {norm(n) for n in names}:
+            return spec
+    return get_spec(name)   # raises UnknownModelError listing the known models
 
 
 def _is_hub_id_or_path(name: str) -> bool:
@@ -463,15 +514,21 @@ def load_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch
 
 
 for _spec in (
+    # SD1.5 was trained on square 512² crops only: its buckets are the common 512²-area scheme of fine-tuning
+    # scripts (17 buckets); SDXL's are its paper's table; PixArt-Σ's are diffusers' aspect-ratio bins.
     ModelSpec("sd15", "unet", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, 8,
-              description="Stable Diffusion 1.5 (U-Net, 16 self-attention layers)", variants=("fp16",)),
+              description="Stable Diffusion 1.5 (U-Net, 16 self-attention layers)", variants=("fp16",),
+              buckets=functools.partial(area_buckets, 512 * 512), aliases=("runwayml/stable-diffusion-v1-5",)),
     ModelSpec("sdxl", "unet", "stabilityai/stable-diffusion-xl-base-1.0", 1024, 8,
-              description="Stable Diffusion XL base 1.0 (U-Net, 70 self-attention layers)", variants=("fp16",)),
+              description="Stable Diffusion XL base 1.0 (U-Net, 70 self-attention layers)", variants=("fp16",),
+              buckets=functools.partial(list, SDXL_BUCKETS)),
     ModelSpec("pixart-sigma-512", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-512-MS", 512, 8, 2,
               description="PixArt-Σ XL/2 at 512 px (DiT, 28 self-attention layers)",
-              components_from="PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"),
+              components_from="PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers",
+              buckets=functools.partial(pixart_bins, 512)),
     ModelSpec("pixart-sigma-1024", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", 1024, 8, 2,
-              description="PixArt-Σ XL/2 at 1024 px (DiT, 28 self-attention layers)"),
+              description="PixArt-Σ XL/2 at 1024 px (DiT, 28 self-attention layers)",
+              buckets=functools.partial(pixart_bins, 1024), aliases=("pixart-sigma",)),
     ModelSpec("mini-sd", "unet", None, 64, 2, 1, embedded=True,
               description="embedded SD1.5-topology U-Net, 64 px, pixel-unshuffle latent (10 self-attention layers)"),
     ModelSpec("mini-dit", "dit", None, 64, 2, 2, embedded=True,

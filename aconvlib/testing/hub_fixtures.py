@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..models.registry import FIXTURE_MARK
+from ..utils import atomic_path
 
 __all__ = ["FIXTURE_REPOS", "BUILDER_VERSION", "build_hub_cache", "offline_hub", "hub_cache_dir"]
 
@@ -294,87 +295,54 @@ def _t5_tokenizer_files() -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Configs: the published ones, with widths/depths shrunk (the shrunk keys are marked "# shrunk: published value")
+# Configs: the published ones, with widths/depths shrunk (denoisers: from the configs aconvlib ships)
 # ---------------------------------------------------------------------------------------------------------------
 
+def _shrunk(model: str, published: dict, shrunk: dict) -> dict:
+    """The denoiser config a fixture of ``model`` ships: the architecture config aconvlib ships for it
+    (``ModelSpec.config_path``), plus the keys of the published repo's file that the shipped one leaves out
+    (``published``: its version stamp, defaults written out), with the widths/depths in ``shrunk`` made tiny."""
+    from ..models.registry import get_spec
+
+    cfg = json.loads(get_spec(model).config_path.read_text())
+    if set(shrunk) - set(cfg) or set(published) & set(cfg):
+        raise ValueError(f"{model}: shrunk keys must exist in the shipped config and published ones must not "
+                         f"({sorted(set(shrunk) - set(cfg))}, {sorted(set(published) & set(cfg))})")
+    return {**cfg, **published, **shrunk}
+
+
 def _sd15_unet_config() -> dict:
-    return {
-        "_class_name": "UNet2DConditionModel",
-        "_diffusers_version": "0.6.0",
-        "act_fn": "silu",
-        "attention_head_dim": 8,  # 8 heads per level, as published
-        "block_out_channels": [16, 32, 32, 32],  # shrunk: [320, 640, 1280, 1280]
-        "center_input_sample": False,
-        "cross_attention_dim": 768,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": 2,
-        "mid_block_scale_factor": 1,
-        "norm_eps": 1e-05,
-        "norm_num_groups": 16,  # shrunk: 32 (must divide the 16 channels of the first level)
-        "out_channels": 4,
-        "sample_size": 64,
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    }
+    return _shrunk("sd15", {"_diffusers_version": "0.6.0"}, {
+        "block_out_channels": [16, 32, 32, 32],
+        "norm_num_groups": 16,  # must divide the 16 channels of the first level
+    })
 
 
 _SDXL_TIME_EMBED = 8  # shrunk: addition_time_embed_dim 256
 _SDXL_POOLED = 32  # shrunk: text_encoder_2 projection_dim 1280
 
+# keys of the published SDXL unet/config.json (diffusers 0.19) that the shipped config leaves at their defaults
+_SDXL_PUBLISHED_DEFAULTS = {
+    "_diffusers_version": "0.19.0.dev0", "class_embed_type": None, "class_embeddings_concat": False,
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "cross_attention_norm": None, "dual_cross_attention": False,
+    "encoder_hid_dim": None, "encoder_hid_dim_type": None, "mid_block_only_cross_attention": None,
+    "mid_block_type": "UNetMidBlock2DCrossAttn", "num_attention_heads": None, "num_class_embeds": None,
+    "only_cross_attention": False, "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default", "time_cond_proj_dim": None, "time_embedding_act_fn": None,
+    "time_embedding_dim": None, "time_embedding_type": "positional", "timestep_post_act": None,
+    "upcast_attention": None,
+}
+
 
 def _sdxl_unet_config() -> dict:
-    return {
-        "_class_name": "UNet2DConditionModel",
-        "_diffusers_version": "0.19.0.dev0",
-        "act_fn": "silu",
-        "addition_embed_type": "text_time",
-        "addition_embed_type_num_heads": 64,
+    return _shrunk("sdxl", _SDXL_PUBLISHED_DEFAULTS, {
         "addition_time_embed_dim": _SDXL_TIME_EMBED,
-        "attention_head_dim": [1, 2, 4],  # shrunk: [5, 10, 20] heads (head dim 64 -> 8; same 1:2:4 progression)
-        "block_out_channels": [8, 16, 32],  # shrunk: [320, 640, 1280]
-        "center_input_sample": False,
-        "class_embed_type": None,
-        "class_embeddings_concat": False,
-        "conv_in_kernel": 3,
-        "conv_out_kernel": 3,
-        "cross_attention_dim": 2048,
-        "cross_attention_norm": None,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "downsample_padding": 1,
-        "dual_cross_attention": False,
-        "encoder_hid_dim": None,
-        "encoder_hid_dim_type": None,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": 2,
-        "mid_block_only_cross_attention": None,
-        "mid_block_scale_factor": 1,
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "norm_eps": 1e-05,
-        "norm_num_groups": 8,  # shrunk: 32 (must divide the 8 channels of the first level)
-        "num_attention_heads": None,
-        "num_class_embeds": None,
-        "only_cross_attention": False,
-        "out_channels": 4,
-        "projection_class_embeddings_input_dim": 6 * _SDXL_TIME_EMBED + _SDXL_POOLED,  # shrunk: 2816 = 6*256 + 1280
-        "resnet_out_scale_factor": 1.0,
-        "resnet_skip_time_act": False,
-        "resnet_time_scale_shift": "default",
-        "sample_size": 128,
-        "time_cond_proj_dim": None,
-        "time_embedding_act_fn": None,
-        "time_embedding_dim": None,
-        "time_embedding_type": "positional",
-        "timestep_post_act": None,
-        "transformer_layers_per_block": [1, 2, 3],  # shrunk: [1, 2, 10]
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        "upcast_attention": None,
-        "use_linear_projection": True,
-    }
+        "attention_head_dim": [1, 2, 4],  # heads: head dim 64 -> 8, the same 1:2:4 progression
+        "block_out_channels": [8, 16, 32],
+        "norm_num_groups": 8,  # must divide the 8 channels of the first level
+        "projection_class_embeddings_input_dim": 6 * _SDXL_TIME_EMBED + _SDXL_POOLED,  # published 6*256 + 1280
+        "transformer_layers_per_block": [1, 2, 3],
+    })
 
 
 def _vae_config(sdxl: bool) -> dict:
@@ -518,31 +486,11 @@ def _t5_config() -> dict:
 
 
 def _pixart_transformer_config(px: int) -> dict:
-    return {
-        "_class_name": "PixArtTransformer2DModel",
-        "_diffusers_version": "0.28.0.dev0",
-        "activation_fn": "gelu-approximate",
-        "attention_bias": True,
-        "attention_head_dim": 72,
-        "attention_type": "default",
-        "caption_channels": 4096,
-        "cross_attention_dim": 144,  # shrunk: 1152 (= heads * 72)
-        "dropout": 0.0,
-        "in_channels": 4,
-        "interpolation_scale": {512: 1, 1024: 2}[px],
-        "norm_elementwise_affine": False,
-        "norm_eps": 1e-06,
-        "norm_num_groups": 32,
-        "norm_type": "ada_norm_single",
-        "num_attention_heads": 2,  # shrunk: 16
-        "num_embeds_ada_norm": 1000,
-        "num_layers": 2,  # shrunk: 28
-        "out_channels": 8,
-        "patch_size": 2,
-        "sample_size": px // 8,
-        "upcast_attention": False,
-        "use_additional_conditions": False,
-    }
+    return _shrunk(f"pixart-sigma-{px}", {"_diffusers_version": "0.28.0.dev0"}, {
+        "cross_attention_dim": 144,  # = heads * 72
+        "num_attention_heads": 2,
+        "num_layers": 2,
+    })
 
 
 def _pndm_config() -> dict:
@@ -813,11 +761,11 @@ def _write_repo(hub: Path, repo_id: str, files: dict[str, bytes]) -> str:
                                      sort_keys=True).encode()).hexdigest()
 
     final = hub / _repo_folder(repo_id)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{_repo_folder(repo_id)}-", dir=hub))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the hub writes ordinary folders
-    try:
+    tmp_name = Path(tempfile.mkdtemp(prefix=f".tmp-{_repo_folder(repo_id)}-", dir=hub)).name
+    with atomic_path(final, tmp_name=tmp_name) as tmp:   # replaces an older snapshot folder in one rename
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the hub writes ordinary folders
         (tmp / "blobs").mkdir()
         (tmp / "refs").mkdir()
         (tmp / "trees").mkdir()
@@ -835,12 +783,6 @@ def _write_repo(hub: Path, repo_id: str, files: dict[str, bytes]) -> str:
                 target.symlink_to(os.path.relpath(blob, target.parent))
             except OSError:
                 shutil.copyfile(blob, target)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return commit
 
 

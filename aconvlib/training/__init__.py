@@ -5,8 +5,9 @@ linear attention) for any supported denoiser, by one distiller on one process or
 (:class:`~aconvlib.training.accelerated.AcceleratedDistiller`: accelerate, mixed precision, gradient
 accumulation, EMA, shared teacher/student weights; ``Distiller`` is it on one process with a student
 built beforehand) — plus the data pipelines for real models
-(image–caption folders, buckets, latent caches, the pipeline's own encoders, teacher-generated data,
-prompt files) and :func:`~aconvlib.training.recipes.distill_model`, the one call for a real model.
+(:mod:`~aconvlib.training.data`: image–caption sources, buckets, shards, reader, sampler; latent caches,
+the pipeline's own encoders, teacher-generated data, prompt files; a model's facts come from its ``ModelSpec``)
+and :func:`~aconvlib.training.recipes.distill_model`, the one call for a real model.
 """
 from .accelerated import AcceleratedDistiller, Distiller, PreviewSampler, ResumeError, RunConfig, SharedTeacher
 from .distill import DistillConfig, make_student, min_snr_weight, prediction_gap, to_epsilon

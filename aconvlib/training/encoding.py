@@ -40,12 +40,13 @@ import bisect
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..models import family_of, get_denoiser
-from .datasets import (BucketBatchSampler, BucketTable, DataError, ImageCaptionFolder, ImageCaptionSource,
+from ..models import family_of, get_denoiser, text_conditioning
+from ..utils import atomic_write_json, parse_dtype
+from .data import (BucketBatchSampler, BucketTable, DataError, ImageCaptionFolder, ImageCaptionSource,
                        PreparedBuckets, TarShards, prepare_buckets)
 from .latent_cache import CacheError, LatentCache, model_fingerprint
 
@@ -54,25 +55,10 @@ __all__ = ["CacheSet", "PipelineEncoder", "build_cache_parts", "build_image_cach
            "open_source", "parse_buckets", "to_distill_batch"]
 
 PARTS_NAME = "parts.json"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def _dtype(d) -> torch.dtype | None:
-    if d is None or isinstance(d, torch.dtype):
-        return d
-    try:
-        return _DTYPES[str(d).replace("torch.", "")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {d!r}; use one of {', '.join(_DTYPES)}") from None
-
-
 def grid_factors(denoiser, latent_factor: int) -> tuple[int, int, int]:
-    """(latent factor, patch size, U-Net down-sampling) of a denoiser: pixel sizes must be multiples of their product."""
-    fam = family_of(denoiser)
-    if fam.name == "dit":
-        return int(latent_factor), int(denoiser.config.patch_size), 1
-    return int(latent_factor), 1, 2 ** (fam.num_levels(denoiser) - 1)
+    """(latent factor, patch size, U-Net down-sampling) of a denoiser: pixel sizes must be multiples of their product
+    (its family's ``grid_factors`` of its config, as ``ModelSpec.grid_factors`` reads the shipped config)."""
+    return family_of(denoiser).grid_factors(denoiser.config, latent_factor)
 
 
 def grid_multiple(denoiser, latent_factor: int) -> int:
@@ -102,7 +88,8 @@ class PipelineEncoder:
                              "procedural dataset)")
         self.pipe = pipe
         self.denoiser = get_denoiser(pipe)
-        self.kind = family_of(self.denoiser).kind(self.denoiser)   # sd15 | sdxl | pixart
+        self.conditioning = family_of(self.denoiser).text_conditioning(self.denoiser)
+        self.kind = self.conditioning.kind   # the architecture (family.kind), recorded in the cache settings
         self.latents = latents
         self.max_sequence_length = int(max_sequence_length or 300)
         self.device = torch.device(device) if device is not None else pipe.vae.device
@@ -139,7 +126,7 @@ class PipelineEncoder:
         cfg = self.pipe.vae.config
         return {"kind": self.kind, "latents": self.latents, "scaling_factor": float(cfg.scaling_factor),
                 "shift_factor": float(getattr(cfg, "shift_factor", None) or 0.0),
-                "max_sequence_length": self.max_sequence_length if self.kind == "pixart" else None,
+                "max_sequence_length": self.max_sequence_length if self.conditioning.attention_mask else None,
                 "force_zeros_for_empty_prompt": bool(getattr(self.pipe.config, "force_zeros_for_empty_prompt", False))}
 
     def fingerprint(self, full: bool = False) -> str:
@@ -165,35 +152,35 @@ class PipelineEncoder:
         return ((z.float() - s["shift_factor"]) * s["scaling_factor"]).cpu()
 
     def _encode(self, prompts: list[str], cfg: bool):
-        p, dev = self.pipe, self.device
-        if self.kind == "sd15":
-            return p.encode_prompt(prompts, dev, 1, cfg, negative_prompt=None)
-        if self.kind == "sdxl":
+        p, dev, c = self.pipe, self.device, self.conditioning
+        if c.attention_mask:   # PixArt: T5 with its mask
+            return p.encode_prompt(prompts, do_classifier_free_guidance=cfg, negative_prompt="", device=dev,
+                                   max_sequence_length=self.max_sequence_length)
+        if c.pooled_and_time_ids:   # SDXL: two CLIP encoders, pooled embeddings
             return p.encode_prompt(prompts, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
                                    negative_prompt=None)
-        return p.encode_prompt(prompts, do_classifier_free_guidance=cfg, negative_prompt="", device=dev,
-                               max_sequence_length=self.max_sequence_length)
+        return p.encode_prompt(prompts, dev, 1, cfg, negative_prompt=None)
 
     @torch.no_grad()
     def _text(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        out = self._encode(prompts, False)
-        if self.kind == "sd15":
-            return {"prompt_embeds": out[0]}
-        if self.kind == "sdxl":
+        out, c = self._encode(prompts, False), self.conditioning
+        if c.attention_mask:
+            return {"prompt_embeds": out[0], "prompt_attention_mask": out[1]}
+        if c.pooled_and_time_ids:
             return {"prompt_embeds": out[0], "pooled_prompt_embeds": out[2]}
-        return {"prompt_embeds": out[0], "prompt_attention_mask": out[1]}
+        return {"prompt_embeds": out[0]}
 
     @torch.no_grad()
     def unconditional(self) -> dict[str, torch.Tensor]:
         """The pipeline's unconditional text states, {name: [1, ...]} (CPU)."""
         if self._uncond is None:
-            out = self._encode(["x"], True)
-            if self.kind == "sd15":
-                u = {"prompt_embeds": out[1]}
-            elif self.kind == "sdxl":
+            out, c = self._encode(["x"], True), self.conditioning
+            if c.attention_mask:
+                u = {"prompt_embeds": out[2], "prompt_attention_mask": out[3]}
+            elif c.pooled_and_time_ids:
                 u = {"prompt_embeds": out[1], "pooled_prompt_embeds": out[3]}
             else:
-                u = {"prompt_embeds": out[2], "prompt_attention_mask": out[3]}
+                u = {"prompt_embeds": out[1]}
             self._uncond = {k: v[:1].detach().cpu() for k, v in u.items()}
         return self._uncond
 
@@ -218,17 +205,18 @@ class PipelineEncoder:
 
 def to_distill_batch(kind: str, gathered: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """A cache batch ({latents, text: {...}, add_time_ids?}) → ``(x0, text_states, cond)`` for the Distiller
-    (floating tensors as float32; PixArt's mask as is)."""
+    (floating tensors as float32; PixArt's mask as is). ``kind``: the architecture (``PipelineEncoder.kind``)."""
     text = gathered["text"]
     x0 = gathered["latents"].float()
     states = text["prompt_embeds"].float()
-    if kind == "sdxl":
+    c = text_conditioning(kind)
+    if c.pooled_and_time_ids:
         if "add_time_ids" not in gathered:
             raise CacheError("an SDXL batch needs add_time_ids (original size, crop, target size): rebuild the cache "
                              "from bucketed data (prepare_buckets records them) or teacher data")
         return x0, states, {"text_embeds": text["pooled_prompt_embeds"].float(),
                             "time_ids": gathered["add_time_ids"].float()}
-    if kind == "pixart":
+    if c.attention_mask:
         return x0, states, {"encoder_attention_mask": text["prompt_attention_mask"]}
     return x0, states, {}
 
@@ -240,10 +228,10 @@ def to_distill_batch(kind: str, gathered: dict) -> tuple[torch.Tensor, torch.Ten
 def open_source(data: str | os.PathLike | ImageCaptionSource, *, image_modes: str = "convert",
                 progress: bool = True, **options) -> ImageCaptionSource:
     """An image–caption source from a folder, a manifest (``.jsonl .json .csv .tsv``) or tar shards
-    (``x.tar``, ``d-{000..009}.tar``), validated (:class:`~aconvlib.training.datasets.DataError` on any problem).
+    (``x.tar``, ``d-{000..009}.tar``), validated (:class:`~aconvlib.training.data.DataError` on any problem).
 
     ``image_modes``: ``"convert"`` (default: every mode with a defined conversion becomes 8-bit RGB, see
-    :mod:`aconvlib.training.datasets`) or ``"same"`` (a dataset whose images have different modes, e.g.
+    :mod:`aconvlib.training.data`) or ``"same"`` (a dataset whose images have different modes, e.g.
     RGB and RGBA, is refused, naming the first image of each minority mode).
     """
     if image_modes not in ("convert", "same"):
@@ -350,28 +338,22 @@ def build_cache_parts(root: str | os.PathLike, fingerprint: str, dataset: str, b
     barrier()  # everyone has decided before the main process rewrites parts.json
     if process_index == 0:
         root.mkdir(parents=True, exist_ok=True)
-        _write_json(root / PARTS_NAME, {"format": "aconvlib-cache-parts", "fingerprint": fingerprint,
+        atomic_write_json(root / PARTS_NAME, {"format": "aconvlib-cache-parts", "fingerprint": fingerprint,
                                         "dataset": dataset, "world": num_processes, "batches": len(batches),
                                         "complete": False})
     barrier()
     W, r = num_processes, process_index
     if r < len(batches):
         LatentCache(root / f"part-{r:02d}", fingerprint, dataset=f"{dataset}|part {r} of {W}").build(
-            _Interleaved(batches, r, W), encode_images, encode_text, dtype=_dtype(dtype), overwrite=overwrite,
+            _Interleaved(batches, r, W), encode_images, encode_text, dtype=parse_dtype(dtype), overwrite=overwrite,
             progress=progress and r == 0)
     barrier()
     if process_index == 0:
         info = _read_parts(root)
         info["complete"] = True
-        _write_json(root / PARTS_NAME, info)
+        atomic_write_json(root / PARTS_NAME, info)
     barrier()
     return CacheSet(root, fingerprint, dataset)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 class CacheSet:

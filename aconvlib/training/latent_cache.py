@@ -53,6 +53,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from ..utils import atomic_path, atomic_write_json
+from ..utils import fingerprint as _fingerprint
+
 log = logging.getLogger(__name__)
 
 META_NAME = "meta.json"
@@ -164,22 +167,15 @@ def model_fingerprint(*modules: Any, full: bool = True) -> str:
 # The cache
 # --------------------------------------------------------------------------------------------------
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _keys_digest(keys: Sequence[str] | None) -> str | None:
-    return None if keys is None else hashlib.sha256(json.dumps(list(keys)).encode()).hexdigest()[:16]
+    return None if keys is None else _fingerprint(list(keys), canonical=False)
 
 
 def _pixels(batch: Mapping, k: int) -> torch.Tensor:
@@ -332,7 +328,7 @@ class LatentCache:
             unc = text_states([""], "uncond")
             _save(self.dir / UNCOND_NAME, unc)
             meta["uncond"] = {"file": UNCOND_NAME, "shapes": {k: list(v.shape[1:]) for k, v in unc.items()}}
-            _atomic_json(self.dir / META_NAME, meta)
+            atomic_write_json(self.dir / META_NAME, meta)
 
         done = len(meta["shards"])
         is_seq = isinstance(batches, Sequence) or (hasattr(batches, "__len__") and hasattr(batches, "__getitem__")
@@ -395,14 +391,14 @@ class LatentCache:
                 for name, t in tensors.items():
                     meta["dtypes"][name] = str(t.dtype).replace("torch.", "")
                 meta["count"] += n
-                _atomic_json(self.dir / META_NAME, meta)
+                atomic_write_json(self.dir / META_NAME, meta)
                 bar.update(1)
         finally:
             bar.close()
         if not meta["shards"]:
             raise CacheError("no batches to cache")
         meta["complete"] = True
-        _atomic_json(self.dir / META_NAME, meta)
+        atomic_write_json(self.dir / META_NAME, meta)
         self._meta = None
         return self
 

@@ -10,20 +10,14 @@ so a kill at any moment leaves the previous checkpoint intact; ``resume=True`` c
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from ..utils import atomic_save
+
 __all__ = ["RunLoop", "atomic_save"]
-
-
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename (a kill never leaves a half-written checkpoint)."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class RunLoop:

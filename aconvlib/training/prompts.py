@@ -23,12 +23,13 @@ identifies a prompt list (it keys the teacher-generated data and the capture cac
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..utils import fingerprint as _fingerprint
 
 __all__ = ["PROMPT_FIELDS", "PromptError", "load_prompts", "prompts_fingerprint", "shard_indices"]
 
@@ -133,7 +134,7 @@ def load_prompts(path: str | os.PathLike, column: str | None = None, *, limit: i
 
 def prompts_fingerprint(prompts: Sequence[str]) -> str:
     """A short hex digest of a prompt list (order matters)."""
-    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:16]
+    return _fingerprint(list(prompts), canonical=False)
 
 
 def shard_indices(n: int, num_shards: int, shard: int, chunk: int = 1) -> list[int]:

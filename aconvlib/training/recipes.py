@@ -7,7 +7,7 @@
     recipe = load_recipe("recipes/sd15.yaml", variant="single-gpu")   # {"model", "distill", "run", "data"}
 
 :func:`distill_model` validates everything it can before loading any weight — the data source (every
-image opened and decoded, every caption read; :class:`~aconvlib.training.datasets.DataError` naming the
+image opened and decoded, every caption read; :class:`~aconvlib.training.data.DataError` naming the
 file), the bucket table against the model's latent grid, the prompt file, and, when resuming, that
 ``<out>/ckpt.pt`` belongs to the same model, data and loss settings (:class:`ResumeError`) — then loads
 the pipeline (frozen weights in the run's weight dtype; the VAE stays fp32 under fp16, whose range the
@@ -40,9 +40,9 @@ from typing import Any
 import torch
 
 from .accelerated import AcceleratedDistiller, PreviewSampler, ResumeError, RunConfig, check_resume, resolve_weight_dtype
-from .datasets import DataError
+from .data import DataError
 from .distill import DistillConfig
-from .encoding import PipelineEncoder, build_image_cache, cached_batches, grid_factors, open_source, parse_buckets
+from .encoding import PipelineEncoder, build_image_cache, cached_batches, open_source, parse_buckets
 from .prompts import load_prompts, prompts_fingerprint
 from .teacher_data import generate_teacher_data
 
@@ -156,7 +156,7 @@ def load_recipe(path: str | os.PathLike, variant: str | None = None) -> dict[str
 
 def _model_facts(model: str):
     """(factors, native px) of a registered real model from its shipped config (no weights), else None."""
-    from ..models import get_spec, load_denoiser
+    from ..models import get_spec
     from ..models.registry import UnknownModelError
 
     try:
@@ -166,8 +166,7 @@ def _model_facts(model: str):
     if spec.embedded:
         raise ValueError(f"{model} is an embedded model: it distills on its procedural dataset "
                          f"(aconv distill --model {model} without --data/--prompts)")
-    den = load_denoiser(spec.name, weights=False, device="meta")
-    return grid_factors(den, spec.latent_factor), spec.default_px
+    return spec.grid_factors, spec.default_px
 
 
 def validate_data(model: str, data: DataConfig, progress: bool = True) -> dict:

@@ -77,7 +77,7 @@ class TeacherBatches(Sequence):
         n = len(caps)
         batch = {"latents": lat.float().cpu(), "bucket": f"{self.height}x{self.width}", "captions": caps,
                  "keys": [f"prompt-{k * self.batch_size + i}" for i in range(n)]}
-        if self.encoder.kind == "sdxl":
+        if self.encoder.conditioning.pooled_and_time_ids:   # SDXL's micro-conditioning
             batch["original_size"] = [[self.height, self.width]] * n
             batch["crop_top_left"] = [[0, 0]] * n
             batch["target_size"] = [[self.height, self.width]] * n

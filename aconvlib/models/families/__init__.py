@@ -8,8 +8,10 @@ transformers) is one new module defining a subclass, registered here, plus its t
 """
 from __future__ import annotations
 
-from .base import DenoiserFamily
+from .base import DenoiserFamily, TextConditioning
 from .pixart import PixArtFamily
+from .unet import OFFICIAL_KERNEL_SIZES as _UNET_OFFICIAL
+from .unet import PAPER_KERNEL_SIZES as _UNET_PAPER
 from .unet import UNetFamily
 
 FAMILIES: dict[str, DenoiserFamily] = {}
@@ -41,8 +43,24 @@ def family_of(denoiser) -> DenoiserFamily:
     raise TypeError(f"unsupported denoiser {type(denoiser).__name__}; supported: {', '.join(supported_classes())}")
 
 
+def text_conditioning(kind: str) -> TextConditioning:
+    """The text conditioning of the architecture ``kind`` (a ``family.kind`` value, as caches record it)."""
+    for fam in FAMILIES.values():
+        for cond in fam.conditionings():
+            if cond.kind == kind:
+                return cond
+    raise ValueError(f"unknown architecture {kind!r}; known: "
+                     f"{', '.join(c.kind for f in FAMILIES.values() for c in f.conditionings())}")
+
+
 register_family(UNetFamily())
 register_family(PixArtFamily())
 
-__all__ = ["DenoiserFamily", "FAMILIES", "PixArtFamily", "UNetFamily", "family_of", "get_family", "register_family",
-           "supported_classes"]
+#: the authors' per-resolution kernel sizes of the U-Nets, by architecture (``family.kind``) and (part, level)
+OFFICIAL_KERNEL_SIZES = dict(_UNET_OFFICIAL)
+#: the paper's kernel size K by architecture (``family.kind``)
+PAPER_KERNEL_SIZES = {**_UNET_PAPER, "pixart": PixArtFamily().paper_kernel_size(None)}
+
+__all__ = ["DenoiserFamily", "FAMILIES", "OFFICIAL_KERNEL_SIZES", "PAPER_KERNEL_SIZES", "PixArtFamily",
+           "TextConditioning", "UNetFamily", "family_of", "get_family", "register_family", "supported_classes",
+           "text_conditioning"]

@@ -1,7 +1,25 @@
 """The interface every denoiser family implements (see :mod:`aconvlib.models.families`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import torch
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """What a denoiser's text conditioning holds besides the token states (``family.text_conditioning``).
+
+    Attributes:
+        kind: the published architecture the denoiser follows (``family.kind``), e.g. for a cache's settings.
+        pooled_and_time_ids: SDXL's ``text_time``: pooled text embeddings and size/crop time ids.
+        attention_mask: PixArt's T5 attention mask (and its ``max_sequence_length``).
+    """
+
+    kind: str
+    pooled_and_time_ids: bool = False
+    attention_mask: bool = False
 
 
 class DenoiserFamily:
@@ -31,7 +49,30 @@ class DenoiserFamily:
         """Which published model the architecture follows, for per-model tables (``"sd15"``, ``"sdxl"``, ``"pixart"``)."""
         raise NotImplementedError
 
+    def conditionings(self) -> tuple[TextConditioning, ...]:
+        """Every text conditioning this family's architectures use."""
+        return ()
+
+    def text_conditioning(self, denoiser) -> TextConditioning:
+        """What the denoiser's text conditioning holds (see :class:`TextConditioning`)."""
+        return next(c for c in self.conditionings() if c.kind == self.kind(denoiser))
+
+    # ------------------------------------------------------------------ the paper's facts
+    def paper_kernel_size(self, denoiser) -> int:
+        """The ΔConv kernel size K the paper uses for every layer of this architecture."""
+        raise NotImplementedError
+
+    def official_kernel_sizes(self, denoiser) -> int | dict[tuple[str, int], int]:
+        """The authors' released per-resolution kernel sizes: one K for every layer, or ``{(part, level): K}``
+        (part as :meth:`layer_part`, level 0 = full latent resolution)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ layers and grids
+    def grid_factors(self, config: Mapping[str, Any], latent_factor: int) -> tuple[int, int, int]:
+        """(latent factor, patch size, down-sampling) of a denoiser with ``config``: image sides must be multiples
+        of their product (VAE factor × DiT patch size × the U-Net's 2^(levels−1))."""
+        raise NotImplementedError
+
     def is_self_attention(self, name: str, module: torch.nn.Module) -> bool:
         """Whether ``module`` (at ``name``) is a self-attention layer to analyse or replace."""
         return name.endswith("attn1") and hasattr(module, "to_q") and not getattr(module, "is_cross_attention", False)

@@ -1,7 +1,7 @@
 """The ``dit`` family: ``PixArtTransformer2DModel`` (PixArt-Σ, mini-dit)."""
 from __future__ import annotations
 
-from .base import DenoiserFamily
+from .base import DenoiserFamily, TextConditioning
 
 
 class PixArtFamily(DenoiserFamily):
@@ -17,6 +17,18 @@ class PixArtFamily(DenoiserFamily):
 
     def kind(self, denoiser) -> str:
         return "pixart"
+
+    def conditionings(self) -> tuple[TextConditioning, ...]:
+        return (TextConditioning("pixart", attention_mask=True),)
+
+    def paper_kernel_size(self, denoiser) -> int:
+        return 13
+
+    def official_kernel_sizes(self, denoiser) -> int:
+        return 13
+
+    def grid_factors(self, config, latent_factor):
+        return int(latent_factor), int(config["patch_size"]), 1
 
     def level_grids(self, denoiser, latent_hw):
         p = int(denoiser.config.patch_size)

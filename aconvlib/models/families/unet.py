@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from .base import DenoiserFamily
+from .base import DenoiserFamily, TextConditioning
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
 
@@ -19,6 +19,16 @@ def unet_level_grids(latent_hw: tuple[int, int], num_levels: int) -> list[tuple[
         h, w = math.ceil(h / 2), math.ceil(w / 2)
         grids.append((h, w))
     return grids
+
+
+# The authors' released per-resolution kernel sizes, by (part, level); level 0 = full latent resolution.
+OFFICIAL_KERNEL_SIZES = {
+    "sd15": {("down", 0): 7, ("down", 1): 9, ("down", 2): 5, ("mid", 3): 3,
+             ("up", 2): 5, ("up", 1): 9, ("up", 0): 11},
+    "sdxl": {("down", 1): 9, ("down", 2): 7, ("mid", 2): 9, ("up", 2): 9, ("up", 1): 13},
+}
+#: the paper's one kernel size per architecture
+PAPER_KERNEL_SIZES = {"sd15": 9, "sdxl": 13}
 
 
 class UNetFamily(DenoiserFamily):
@@ -34,6 +44,19 @@ class UNetFamily(DenoiserFamily):
 
     def kind(self, denoiser) -> str:
         return "sdxl" if self.needs_text_time(denoiser) else "sd15"
+
+    def conditionings(self) -> tuple[TextConditioning, ...]:
+        return TextConditioning("sd15"), TextConditioning("sdxl", pooled_and_time_ids=True)
+
+    def paper_kernel_size(self, denoiser) -> int:
+        return PAPER_KERNEL_SIZES[self.kind(denoiser)]
+
+    def official_kernel_sizes(self, denoiser) -> dict[tuple[str, int], int]:
+        return OFFICIAL_KERNEL_SIZES[self.kind(denoiser)]
+
+    def grid_factors(self, config, latent_factor):
+        # skip connections line up only if the latent is a multiple of 2 per down-sampling
+        return int(latent_factor), 1, 2 ** (len(config["block_out_channels"]) - 1)
 
     @staticmethod
     def needs_text_time(denoiser) -> bool:

@@ -1,0 +1,158 @@
+"""Small shared utilities (layer 0, like :mod:`aconvlib.models`): the one way aconvlib does each of these jobs.
+
+* atomic writes: :func:`atomic_path` (a context manager yielding a temporary sibling that replaces the target
+  only when the block succeeds), :func:`atomic_write`, :func:`atomic_write_json`, :func:`atomic_save`
+  (``torch.save``); a kill never leaves a half-written file, a failed block leaves the old one;
+* dtype parsing: :func:`parse_dtype` (``"fp16"``, ``"float16"``, ``"torch.float16"``, a ``torch.dtype`` …);
+* environment metadata: :func:`environment` (versions, platform, CPU, device) for records and benchmarks;
+* fingerprints: :func:`fingerprint`, a sha256 of an object's JSON form.
+
+Nothing here imports another aconvlib module, and torch is imported only by the functions that need it, so
+that ``import aconvlib`` stays light.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["DTYPE_NAMES", "atomic_path", "atomic_save", "atomic_write", "atomic_write_json", "cpu_name", "environment",
+           "fingerprint", "module_version", "parse_dtype"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, tmp_name: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (``.tmp-<name>``, or ``tmp_name``); write it in the block.
+
+    When the block succeeds the temporary file (or folder) replaces ``path`` in one rename (an existing folder at
+    ``path`` is removed first); when it raises, the temporary is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(tmp_name or f".tmp-{path.name}")
+    try:
+        yield tmp
+    except BaseException:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (bytes, or text in ``encoding``) to ``path`` atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode(encoding) if isinstance(data, str) else data)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1, **dumps) -> Path:
+    """``json.dumps(obj, indent=indent, **dumps)`` written to ``path`` atomically."""
+    return atomic_write(path, json.dumps(obj, indent=indent, **dumps))
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``<path>.tmp``, then rename (a kill never leaves a half-written checkpoint)."""
+    import torch
+
+    with atomic_path(path, tmp_name=Path(path).name + ".tmp") as tmp:
+        torch.save(obj, tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------------------
+
+#: accepted spellings of the floating dtypes aconvlib runs in, and the torch attribute each names
+DTYPE_NAMES: dict[str, str] = {"float32": "float32", "fp32": "float32", "float": "float32",
+                               "float16": "float16", "fp16": "float16", "half": "float16",
+                               "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def parse_dtype(dtype: Any, default: Any = None):
+    """A ``torch.dtype`` from a dtype, a name in :data:`DTYPE_NAMES` (with or without ``torch.``), or None
+    (``default``, itself parsed). ValueError naming the accepted spellings for anything else."""
+    import torch
+
+    if dtype is None:
+        return None if default is None else parse_dtype(default)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).strip().lower().removeprefix("torch.")
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[name])
+
+
+# --------------------------------------------------------------------------------------------------
+# Environment metadata
+# --------------------------------------------------------------------------------------------------
+
+def module_version(module: str) -> str:
+    """``module.__version__`` (``"installed"`` without one; ``"not importable (Error)"`` for a broken install)."""
+    try:
+        return str(getattr(importlib.import_module(module), "__version__", "installed"))
+    except Exception as e:  # noqa: BLE001 - a broken install is worth recording, not raising
+        return f"not importable ({type(e).__name__})"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(modules: tuple[str, ...] = ("torch", "diffusers", "numpy")) -> dict:
+    """Versions and device of this process: aconvlib and ``modules``, python, platform, the CPU (the CUDA device
+    when this process initialised one), and, when torch is imported, its thread count and deterministic mode."""
+    from . import __version__
+
+    env = {"aconvlib": __version__, **{m: module_version(m) for m in modules}, "python": platform.python_version(),
+           "platform": f"{platform.system()} {platform.machine()}", "device": f"cpu: {cpu_name()}"}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                env["device"] = f"cuda: {torch.cuda.get_device_name()}"
+        except Exception:  # noqa: BLE001 - a broken CUDA setup is not the metadata's business
+            pass
+        env["torch_threads"] = torch.get_num_threads()
+        env["deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# Fingerprints
+# --------------------------------------------------------------------------------------------------
+
+def fingerprint(obj: Any, length: int | None = 16, *, canonical: bool = True) -> str:
+    """Hex sha256 of ``obj``'s JSON form, cut to ``length`` characters (None: all 64).
+
+    ``canonical`` (default) sorts keys and drops whitespace; ``canonical=False`` hashes plain ``json.dumps(obj)``,
+    the form of the older cache keys (prompt lists, sample keys), kept so that existing caches stay valid.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":")) if canonical else json.dumps(obj)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return digest if length is None else digest[:length]
