@@ -179,10 +179,8 @@ MODEL_NAME = re.compile(r"^(sd15|sdxl|pixart(-sigma(-\d+)?)?|flux(-\w+)?|mini-sd
 # Modules that still name models, owned by the engineer doing the benchmarks, Table drivers and distillers of
 # issue 22 (they move out of these layers or take a ModelSpec); remove each entry when it is done.
 MODEL_NAMES_ALLOWED = {
-    "mixers/benchmark.py",      # MODELS table keyed "pixart-sigma"
-    "mixers/flops.py",          # Table 1 rows keyed "sd15"/"pixart"
-    "training/accelerated.py",  # conditioning switched on family.kind "sdxl"/"pixart" (now in preview.py)
-    "training/preview.py",      # PreviewSampler: conditioning switched on encoder.kind == "sdxl"/"pixart"
+    "mixers/benchmark.py",      # MODELS table keyed "pixart-sigma" (the benchmark programs move out of mixers)
+    "mixers/flops.py",          # Table 1 rows keyed "sd15"/"pixart" (the Table drivers move out of mixers)
 }
 
 
