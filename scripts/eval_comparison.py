@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _eval_args import add_common_arguments
 
+from aconvlib.book.labels import variant_label, variant_setting, variant_training
 from aconvlib.mini import dataset as data
-from aconvlib.mini.compare import QUALITY_COLUMNS, comparison_variants, per_model, variant_pipeline
+from aconvlib.mini.compare import QUALITY_COLUMNS, Method, comparison_variants, mount_variant
 from aconvlib.mini.evaluate import evaluate_model, real_features
 from aconvlib.mini.intervals import row_intervals
 from aconvlib.mini.stored import StoredRows
@@ -41,7 +43,6 @@ def meta(args, what: str) -> dict:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-TEACHER = "self-attention (teacher)"
 _REFERENCE = {}
 
 
@@ -65,7 +66,7 @@ def teacher_result(store: StoredRows, model: str, field: str, value, prompts, ar
     t = store.find(model=model, **{field: value})
     if t is None:
         raise RuntimeError(f"{model}: the teacher's row must come first")
-    key = f"{model}|{t['variant']}" if field == "variant" else f"{model}|K=None"
+    key = f"{model}|{t['variant']}" if "variant" in t else f"{model}|K=None"
     return {"per_image": t["per_image"], "features": store.features[key], "fdd": t["fdd"], "prompts": prompts,
             "seed": args.seed, "n_real": args.n_real}
 
@@ -78,7 +79,7 @@ def run_table3(args) -> None:
                    "na_kernel": NA_KERNEL, "window": {m: k * k for m, k in NA_KERNEL.items()}}
     done = {(r["model"], r["variant"]) for r in res["rows"]}
     prompts = data.prompts(args.n_prompts, "heldout")
-    order = {(m, v.label): i for m in args.models
+    order = {(m, variant_label(v)): i for m in args.models
              for i, v in enumerate(comparison_variants(m, NA_KERNEL, {k: v * v for k, v in NA_KERNEL.items()})[0])}
     for m in args.models:
         variants, notes = comparison_variants(m, NA_KERNEL, {k: v * v for k, v in NA_KERNEL.items()})
@@ -86,16 +87,19 @@ def run_table3(args) -> None:
             print("note:", n, flush=True)
         teacher = load_pipeline(m)
         for v in variants:
-            if (m, v.label) in done:
+            label = variant_label(v)
+            if (m, label) in done:
                 continue
             t0 = time.time()
-            with variant_pipeline(m, v, "cpu", teacher) as pipe:
+            with mount_variant(teacher, v) as pipe:
                 r = evaluate_model(pipe, prompts, args.steps, args.guidance_scale, args.seed, n_real=args.n_real)
-            base = None if v.method == "self-attention" else teacher_result(store, m, "variant", TEACHER, prompts, args)
-            row = {"model": m, "variant": v.label, "method": v.method, "training": v.training, "setting": v.setting,
+            base = None if v.method is Method.TEACHER else teacher_result(store, m, "method", Method.TEACHER.value,
+                                                                          prompts, args)
+            row = {"model": m, "variant": label, "method": v.method.value, "training": variant_training(v),
+                   "setting": variant_setting(v),
                    **{k: r[k] for k in QUALITY_COLUMNS}, "per_image": r["per_image"],
                    "intervals": row_intervals(r, base, reference(args), args.n_boot), "seconds": time.time() - t0}
-            store.add(row, r["features"].numpy(), f"{m}|{v.label}",
+            store.add(row, r["features"].numpy(), f"{m}|{label}",
                       sort_key=lambda r: (args.models.index(r["model"]) if r["model"] in args.models else 99,
                                           order.get((r["model"], r["variant"]), 99)))
             print(json.dumps({k: x for k, x in row.items() if k != "per_image"}), flush=True)
@@ -136,15 +140,7 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["table3", "sweep"])
-    ap.add_argument("--n-prompts", type=int, default=32)
-    ap.add_argument("--models", nargs="+", default=["mini-sd", "mini-dit"], choices=["mini-sd", "mini-dit"])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance-scale", type=float, default=4.5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-real", type=int, default=1000)
-    ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_common_arguments(ap, OUT)
     args = ap.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     torch.set_num_threads(args.threads)

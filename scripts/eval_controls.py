@@ -30,10 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _eval_args import add_common_arguments
 
+from aconvlib.book.labels import variant_label, variant_setting, variant_training
 from aconvlib.mini import dataset as data
-from aconvlib.mini.compare import (CHAPTER_NA_KERNEL, PAPER_K_FRACTION, control_variants, finest_grid_side,
-                                   paper_scaled_kernel, student_info, variant_pipeline)
+from aconvlib.mini.compare import (CHAPTER_NA_KERNEL, PAPER_K_FRACTION, Method, control_variants, finest_grid_side,
+                                   mount_variant, paper_scaled_kernel, student_info)
 from aconvlib.mini.evaluate import evaluate_model, real_features
 from aconvlib.mini.intervals import row_intervals
 from aconvlib.mini.stored import StoredRows
@@ -42,7 +44,6 @@ from aconvlib.models import get_denoiser, load_pipeline, self_attention_layers
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "cpu_controls"
-TEACHER = "self-attention (teacher)"
 
 
 def kernel_per_level(v, grids) -> str | None:
@@ -70,7 +71,7 @@ def stored_result(row: dict, feats: dict, prompts, args) -> dict:
 
 def recompute(res: dict, feats: dict, prompts, reference, args) -> None:
     for r in res["rows"]:
-        t = next(x for x in res["rows"] if x["model"] == r["model"] and x["row"] == TEACHER)
+        t = next(x for x in res["rows"] if x["model"] == r["model"] and x["method"] == Method.TEACHER.value)
         teacher = None if r is t else stored_result(t, feats, prompts, args)
         r.update(row_intervals(stored_result(r, feats, prompts, args), teacher, reference, args.n_boot))
         print(r["model"], r["row"], "recomputed", flush=True)
@@ -78,15 +79,7 @@ def recompute(res: dict, feats: dict, prompts, reference, args) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-prompts", type=int, default=32)
-    ap.add_argument("--models", nargs="+", default=["mini-sd", "mini-dit"], choices=["mini-sd", "mini-dit"])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance-scale", type=float, default=4.5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-real", type=int, default=1000)
-    ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_common_arguments(ap, OUT)
     ap.add_argument("--recompute-intervals", action="store_true",
                     help="recompute every stored row's intervals from its per-image results and features (no sampling)")
     args = ap.parse_args(argv)
@@ -129,31 +122,33 @@ def main(argv=None):
         variants, notes = control_variants(m)
         res["meta"]["notes"] += notes
         for i, v in enumerate(variants):
-            order[key(m, v.label)] = (args.models.index(m), i)
+            order[key(m, variant_label(v))] = (args.models.index(m), i)
         for n in notes:
             print("note:", n, flush=True)
         done = {r["row"] for r in res["rows"] if r["model"] == m}
-        if all(v.label in done for v in variants):
+        if all(variant_label(v) in done for v in variants):
             continue
         teacher_pipe = load_pipeline(m)
         grids = sorted({lay.grid for lay in self_attention_layers(get_denoiser(teacher_pipe))}, reverse=True)
         side = grids[0][0]
-        trow = next((r for r in res["rows"] if r["model"] == m and r["row"] == TEACHER), None)
+        trow = next((r for r in res["rows"] if r["model"] == m and r["method"] == Method.TEACHER.value), None)
         teacher = None if trow is None else stored_result(trow, feats, prompts, args)
         for v in variants:
-            if v.label in done:
+            label, is_teacher = variant_label(v), v.method is Method.TEACHER
+            if label in done:
                 continue
-            if v.label != TEACHER and teacher is None:
+            if not is_teacher and teacher is None:
                 raise RuntimeError("the teacher row must come first (control_variants puts it first)")
             t0 = time.time()
-            with variant_pipeline(m, v, "cpu", teacher_pipe) as pipe:
+            with mount_variant(teacher_pipe, v) as pipe:
                 r = evaluate_model(pipe, prompts, **kw)
             seconds = time.time() - t0
             r["features"] = r["features"].numpy()
-            row = {"model": m, "row": v.label, "method": v.method, "training": v.training, "setting": v.setting,
+            row = {"model": m, "row": label, "method": v.method.value, "training": variant_training(v),
+                   "setting": variant_setting(v),
                    "K": v.kernel, "grid": side, "K/grid": None if v.kernel is None else round(v.kernel / side, 4),
                    "K_per_level": kernel_per_level(v, grids), "folder": folder_name(v.folder),
-                   "n": len(prompts), **row_intervals(r, None if v.label == TEACHER else teacher, reference, args.n_boot),
+                   "n": len(prompts), **row_intervals(r, None if is_teacher else teacher, reference, args.n_boot),
                    **{c: r[c] for c in ("shape", "color", "size", "position")},
                    "per_image": r["per_image"], "seconds": round(seconds, 1)}
             if v.folder is not None and v.method != "self-attention":
@@ -162,9 +157,9 @@ def main(argv=None):
                 cfg = json.loads((Path(v.folder) / "adapter" / "config.json").read_text())
                 if "init" in cfg or v.method == "linear":
                     row["student"]["init"] = cfg.get("init", "teacher")
-            if v.label == TEACHER:
+            if is_teacher:
                 teacher = r
-            store.add(row, r["features"], key(m, v.label),
+            store.add(row, r["features"], key(m, label),
                       sort_key=lambda x: order.get(key(x["model"], x["row"]), (99, 99)))
             print(json.dumps({k: row[k] for k in ("model", "row", "k", "n", "adherence", "fdd", "diff_to_teacher",
                                                   "seconds")}), flush=True)

@@ -9,7 +9,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aconvlib.mixers.benchmark import check_triton  # noqa: E402
+from aconvlib.mixers.timing import check_triton  # noqa: E402
 from aconvlib.mixers.deltaconv import DeltaConvBlock  # noqa: E402
 from aconvlib.mixers.kernels import triton_ops as T  # noqa: E402
 from aconvlib.mixers.kernels import reference as R  # noqa: E402

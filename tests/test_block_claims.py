@@ -20,7 +20,7 @@ def test_flops_per_call_and_table1_verdicts():
 
 def test_savings_range_is_not_one_to_four_orders():
     from aconvlib.book.block_claims import savings_range
-    from aconvlib.mixers.flops import table1_comparison
+    from aconvlib.book.table1 import table1_comparison
 
     s = savings_range(table1_comparison(baselines=False))
     assert s["ours_min_at"] == "pixart 512" and s["ours_min"] == pytest.approx(5.28, abs=0.01)   # < one order
@@ -29,7 +29,7 @@ def test_savings_range_is_not_one_to_four_orders():
 
 def test_table2_verdicts_from_stored_h100_run():
     from aconvlib.book.block_claims import table2_verdicts
-    from aconvlib.mixers.benchmark import block_frame
+    from aconvlib.book.benchmark_tables import block_frame
     from aconvlib.models import paper_table
 
     cuda = json.loads((ROOT / "benchmarks" / "results" / "bench_cuda.json").read_text())

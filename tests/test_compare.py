@@ -54,7 +54,8 @@ def test_variants_name_missing_students(monkeypatch, tmp_path):
     assert methods[0] == "self-attention" and methods[-2:] == ["window", "na"]
     assert "deltaconv" in methods          # the shipped student
     assert sum("CPU-budget" in n for n in notes) == 2
-    assert variants[-1].options == {"kernel_size": 5} and variants[-2].options == {"window": 25, "mode": "1d"}
+    assert variants[-1].kernel == 5 and variants[-2].options == {"window": 25, "mode": "1d"}
+    assert variants[-1].method is C.Method.NA and variants[-2].window == 25        # typed rows: no label to parse
 
 
 @pytest.mark.slow
@@ -66,12 +67,16 @@ def test_training_free_variants_restore_the_teacher_and_evaluate():
     before = {n: type(m).__name__ for n, m in den.named_modules() if n.endswith("attn1")}
     procs = {k: type(v).__name__ for k, v in den.attn_processors.items()}
     variants, _ = C.comparison_variants("mini-dit", na_kernel=3, window=9, cpu_budget=False, shipped=False)
-    frame, notes, images = C.evaluate_variants(["mini-dit"], ["a large red circle at the center"] * 2, steps=2,
-                                               na_kernel=3, window=9, n_real=50, cpu_budget=False, shipped=False,
-                                               return_images=True)
+    from aconvlib.book.comparison import table3_live
+    from aconvlib.book.labels import variant_label
+
+    frame, notes, images = table3_live(["mini-dit"], ["a large red circle at the center"] * 2, steps=2,
+                                       na_kernel=3, window=9, n_real=50, cpu_budget=False, shipped=False,
+                                       return_images=True)
     assert list(frame["method"]) == ["self-attention", "window", "na"]
+    assert list(frame["variant"]) == ["self-attention (teacher)", "window attention (9 keys)", "NA K=3"]
     assert frame["n_prompts"].tolist() == [2, 2, 2]
-    assert set(images) == {("mini-dit", v.label) for v in variants}
+    assert set(images) == {("mini-dit", variant_label(v)) for v in variants}
     # training-free variants are undone: the teacher comes back unchanged
     for v in variants:
         with C.variant_pipeline("mini-dit", v, teacher=pipe):
@@ -99,21 +104,23 @@ def test_training_free_variants_restore_the_teacher_and_evaluate():
 @pytest.mark.slow
 def test_mini_receptive_fields_teacher_and_student():
     from aconvlib.mini import adapter_dir
-    from aconvlib.mixers import load_deltaconv
+    from aconvlib.mixers import load_mixer
     from aconvlib.models import load_pipeline
 
     teacher = load_pipeline("mini-dit")
     rfs = C.mini_receptive_fields(teacher, n=2, timesteps=(500,), positions=1)
     assert len(rfs) == 4 or len(rfs) > 0
     assert all(r.grid == (16, 16) and 1 <= r.erf <= 31 for r in rfs)
-    student = load_deltaconv(load_pipeline("mini-dit"), adapter_dir("mini-dit") / "adapter")
+    student = load_mixer(load_pipeline("mini-dit"), str(adapter_dir("mini-dit") / "adapter"), kind="deltaconv")
     srfs = C.mini_receptive_fields(student, n=2, timesteps=(500, 100), positions=1)
     assert [r.name for r in srfs] == [r.name for r in rfs]
     assert all(r.info["kind"] == "deltaconv" and len(r.info["per_timestep_erf"]) == 2 for r in srfs)
 
 
 def test_bench_mixers_rows_and_markdown(tmp_path):
-    from aconvlib.mixers import benchmark as B
+    from aconvlib.book import benchmarks as B
+    from aconvlib.book.benchmark_tables import mixer_frame
+    from aconvlib.mixers.timing import parse_size
 
     res = B.bench_mixers(models=["sd15-top"], sizes=["32x48"], modes=["fwd", "fwdbwd"], kernels_k=(3,), na_kernel=3,
                          device="cpu", out=tmp_path, tag="t", command="test", quiet=True)
@@ -128,9 +135,9 @@ def test_bench_mixers_rows_and_markdown(tmp_path):
     assert "NA K=3" in md and "Command: `test`" in md and "Paper, Table 2" in md
     stored = json.loads((tmp_path / "bench_mixers_t.json").read_text())
     assert stored["meta"]["na_backend"] == "torch" and stored["meta"]["window"] == 9
-    f = B.mixer_frame(stored, "fwd", ratios=True)
+    f = mixer_frame(stored, "fwd", ratios=True)
     assert f.loc["Self-attention (SDPA)", "32×48"] == 1.0
-    assert B.parse_size("1440x2560") == (1440, 2560) and B.parse_size(256) == (256, 256)
+    assert parse_size("1440x2560") == (1440, 2560) and parse_size(256) == (256, 256)
     with pytest.raises(ValueError, match="unknown mixer"):
         B.bench_mixers(impls=["nope"], device="cpu", quiet=True)
 
@@ -138,17 +145,18 @@ def test_bench_mixers_rows_and_markdown(tmp_path):
 @pytest.mark.parametrize("bad", ["1x", "x512", "512x", "12a", "0", "-4"])
 def test_bench_sizes_are_checked_before_any_work(bad, tmp_path, capsys):
     from aconvlib.cli import main
-    from aconvlib.mixers import benchmark as B
+    from aconvlib.book import benchmarks as B
+    from aconvlib.mixers.timing import parse_size
 
     with pytest.raises(SystemExit) as e:
         main(["bench-mixers", "--sizes", bad, "--out", str(tmp_path)])
     assert e.value.code == 2 and "--sizes" in capsys.readouterr().err
     with pytest.raises(ValueError):
-        B.parse_size(bad)
+        parse_size(bad)
     with pytest.raises(ValueError, match="smaller than one token of sd15-top"):
         B.bench_mixers(models=["sd15-top"], sizes=["64", "4"], out=tmp_path, device="cpu", quiet=True)
     assert list(tmp_path.iterdir()) == []
-    assert B.parse_size(" 1024 × 576 ") == (1024, 576)
+    assert parse_size(" 1024 × 576 ") == (1024, 576)
 
 
 def test_bench_commands_pass_every_argument_to_the_benchmark(capsys):
@@ -183,7 +191,7 @@ def test_na_processor_with_a_fixed_grid_matches_the_mask():
 def test_erf_table_and_summary():
     from aconvlib.analysis.receptive_field import mixer_receptive_field
     from aconvlib.book.comparison import erf_table, summary_markdown, variant_row
-    from aconvlib.mixers.flops import table1_comparison
+    from aconvlib.book.table1 import table1_comparison
 
     grid = (9, 9)
     x = torch.randn(1, 81, 2)
@@ -236,7 +244,7 @@ def test_real_comparison_on_the_fixture_hub(fixture_hub, tmp_path):
 
 
 def test_block_frame_states_the_stored_benchmarks_ratios():
-    from aconvlib.mixers.benchmark import block_frame
+    from aconvlib.book.benchmark_tables import block_frame
 
     row = dict(model="m", px=1024, mode="fwd", sdpa_ms=3.0, torch_ms=2.0, triton_ms=0.5, sdpa_peak_mib=100.0,
                triton_peak_mib=40.0)

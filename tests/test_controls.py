@@ -352,17 +352,19 @@ def test_paper_scaled_kernels_and_control_rows():
 
     assert [C.paper_scaled_kernel(s) for s in (16, 32, 64)] == [3, 7, 13]
     assert C.finest_grid_side("mini-dit") == 16 and C.finest_grid_side("mini-sd") == 32
+    from aconvlib.book.labels import variant_label, variant_training
+
     rows, notes = C.control_variants("mini-dit")
-    labels = [v.label for v in rows]
+    labels = [variant_label(v) for v in rows]
     assert labels[:5] == ["self-attention (teacher)", "no self-attention", "uniform attention",
                           "NA K=3 (paper-scaled)", "NA K=5 (chapter's K)"]
     assert [v.method for v in rows[:5]] == ["self-attention", "none", "uniform", "na", "na"]
     assert [v.kernel for v in rows[3:5]] == [3, 5]
     rows, _ = C.control_variants("mini-sd")
-    assert [v.label for v in rows if v.method == "na"] == ["NA K=7 (paper-scaled, chapter's K)"]   # one row: K coincide
-    students = {v.label: v for v in rows if v.folder is not None}
+    assert [variant_label(v) for v in rows if v.method == "na"] == ["NA K=7 (paper-scaled, chapter's K)"]   # K coincide
+    students = {variant_label(v): v for v in rows if v.folder is not None}
     for label, v in students.items():                                # every student row names its start
-        assert ("from scratch" in label) == ("fresh" in v.training), label
+        assert ("from scratch" in label) == ("fresh" in variant_training(v)), label
 
 
 def test_variant_pipeline_applies_and_restores_the_controls():

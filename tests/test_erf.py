@@ -95,7 +95,7 @@ def test_receptive_fields_of_a_denoiser_and_its_deltaconv_student(which, request
     """Every attn1 of a tiny denoiser, teacher and converted ΔConv student, on the inputs of one real call."""
     import copy
 
-    from aconvlib.mixers import to_deltaconv
+    from aconvlib.mixers import to_mixer
     from aconvlib.models import self_attention_layers
 
     den = request.getfixturevalue(which).eval()
@@ -111,7 +111,7 @@ def test_receptive_fields_of_a_denoiser_and_its_deltaconv_student(which, request
     for r in teacher:
         assert 1 <= r.erf <= 2 * max(r.grid) - 1
         assert r.info["kind"] == "self-attention"
-    student = to_deltaconv(copy.deepcopy(den), kernel_sizes=3)
+    student = to_mixer(copy.deepcopy(den), "deltaconv", kernel_sizes=3)
     rfs = E.receptive_fields(student, x, t, text, positions=2)
     assert [r.name for r in rfs] == [l.name for l in layers]
     for r in rfs:

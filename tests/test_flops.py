@@ -40,7 +40,7 @@ def test_flops_vs_resolution_non_square():
 
 def test_paper_table1_self_attention_row_is_reproduced():
     """The paper's Table 1 self-attention row = one module, batch 2, 2 FLOPs per MAC (within 0.5%)."""
-    from aconvlib.mixers.flops import table1_comparison
+    from aconvlib.book.table1 import table1_comparison
 
     t = table1_comparison()
     assert len(t) == 12
@@ -55,8 +55,8 @@ from conftest import tiny_pixart, tiny_unet  # noqa: E402
 
 from aconvlib.mixers.convert import get_adapter, mixer_layers, to_mixer  # noqa: E402
 from aconvlib.mixers.flops import (count_mixer_flops, deltaconv_flops, deltaconv_flops_breakdown,  # noqa: E402
-                                   ditfastattn_window, linear_attention_params, mixer_table, mixer_table_frame,
-                                   table1_comparison)
+                                   ditfastattn_window, linear_attention_params, mixer_table, mixer_table_frame)
+from aconvlib.book.table1 import table1_comparison  # noqa: E402
 
 OPTIONS = {"deltaconv": dict(kernel_sizes=3), "linear": dict(hidden_ratio=0.5), "window": dict(window=5, mode="2d")}
 
@@ -136,7 +136,7 @@ def test_table1_linfusion_and_ditfastattn_rows():
     assert other["LinFusion ours/paper"].between(0.80, 0.82).all()
     # the paper's PixArt-2K LinFusion entry is for 2560×1440 (14,400 tokens), not the 2048² of its attention column
     assert abs(pix.loc["2K", "LinFusion paper tokens"] - 14400) <= 2 and pix.loc["2K", "grid"] == "128×128"
-    assert list(table1_comparison(baselines=False).columns) == list(t.columns[:12])
+    assert list(table1_comparison(baselines=False).columns) == list(t.columns[:13])
     rho, w = ditfastattn_window(1024, 1152, 30.41e9)
     assert 0.89 < rho < 0.90 and w == 1387
 
@@ -164,7 +164,7 @@ def test_growth_per_doubling_is_computed_not_16():
 
 
 def test_table1_attention_conventions():
-    from aconvlib.mixers.flops import table1_attention_conventions
+    from aconvlib.book.table1 import table1_attention_conventions
 
     c = table1_attention_conventions().set_index(["model", "size"])
     ours = c["8NC'², batch 2, 4K = 4096×2160"]

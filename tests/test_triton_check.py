@@ -49,7 +49,7 @@ def test_check_triton_records_stages(interp, dt, tol):
 def test_triton_output_share_of_the_benchmark_blocks():
     import torch
 
-    from aconvlib.mixers.benchmark import triton_output_share
+    from aconvlib.book.benchmarks import triton_output_share
 
     torch.set_num_threads(1)
     share = triton_output_share(grid_side=8)
@@ -58,7 +58,7 @@ def test_triton_output_share_of_the_benchmark_blocks():
 
 
 def test_mixer_frame_skipped_sdpa_ratio_is_missing():
-    from aconvlib.mixers.benchmark import mixer_frame
+    from aconvlib.book.benchmark_tables import mixer_frame
 
     res = {"rows": [{"model": "m", "mode": "fwd", "size": "8x8", "sdpa_ms": None, "linear_ms": 2.0,
                      "linear_vs_sdpa": None},
@@ -70,7 +70,7 @@ def test_mixer_frame_skipped_sdpa_ratio_is_missing():
 
 
 def test_stored_cpu_bench_has_no_ratio_where_sdpa_was_skipped():
-    from aconvlib.mixers.benchmark import mixer_frame
+    from aconvlib.book.benchmark_tables import mixer_frame
 
     stored = json.loads((HERE.parent / "benchmarks" / "results" / "bench_mixers_cpu.json").read_text())
     for r in stored["rows"]:

@@ -57,7 +57,7 @@ def table1_verdicts(per_call, chapter: str = "06_deltaconv_block") -> list:
 
 def savings_range(t1) -> dict:
     """Smallest and largest ``attn/ΔConv ours`` (and the paper's) over Table 1's rows
-    (:func:`~aconvlib.mixers.flops.table1_comparison`), with the model and size of each."""
+    (:func:`~aconvlib.book.table1.table1_comparison`), with the model and size of each."""
     lo, hi = t1["attn/ΔConv ours"].idxmin(), t1["attn/ΔConv ours"].idxmax()
     plo, phi = t1["attn/ΔConv paper"].idxmin(), t1["attn/ΔConv paper"].idxmax()
     return {"ours_min": float(t1.loc[lo, "attn/ΔConv ours"]), "ours_min_at": f"{t1.loc[lo, 'model']} {t1.loc[lo, 'size']}",
@@ -68,7 +68,7 @@ def savings_range(t1) -> dict:
 
 def table2_verdicts(frame, paper: Mapping, device: str, noise_ms: float = 0.2, mode: str = "fwd",
                     chapter: str = "06_deltaconv_block", paper_model: str = PAPER_TABLE2_MODEL) -> list:
-    """Verdicts from a stored block benchmark (:func:`~aconvlib.mixers.benchmark.block_frame`) and the paper's
+    """Verdicts from a stored block benchmark (:func:`~aconvlib.book.benchmark_tables.block_frame`) and the paper's
     Table 2 (``paper_table("table2_latency_ms")``); see the module docstring for the rule."""
     from ..analysis.evidence import FAILS, HOLDS, NOT_TESTABLE, Verdict
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["RealComparison", "erf_table", "fig9_verdict", "k_over_grid", "real_comparison", "stored_rows", "summary_markdown",
-           "uniform_erf_at", "variant_row", "with_intervals"]
+__all__ = ["RealComparison", "erf_table", "fig9_verdict", "k_over_grid", "real_comparison", "stored_rows",
+           "summary_markdown", "table3_live", "uniform_erf_at", "variant_row", "with_intervals"]
 
 
 def stored_rows(path) -> tuple[Optional[dict], Optional[object]]:
@@ -31,6 +31,28 @@ def stored_rows(path) -> tuple[Optional[dict], Optional[object]]:
         return None, None
     data = json.loads(path.read_text())
     return data.get("meta", {}), pd.DataFrame(data.get("rows", []))
+
+
+def table3_live(models: Sequence[str], prompts, *, return_images: bool = False, **options):
+    """Table 3 on the embedded models, live (:func:`aconvlib.mini.compare.evaluate_variants` with ``options``), as
+    ``(frame, notes, images)``: one row per model and variant (``model``, ``variant`` — the label —, ``method``,
+    ``training``, ``setting``, the evaluator's columns and its per-image ``per_image`` / ``features``, from which
+    :func:`with_intervals` adds intervals), the notes naming missing students, and ``{(model, label): images}``
+    when ``return_images``."""
+    import pandas as pd
+
+    from ..mini.compare import PER_IMAGE_COLUMNS, QUALITY_COLUMNS, evaluate_variants
+    from .labels import variant_label, variant_setting, variant_training
+
+    results, notes = evaluate_variants(models, prompts, return_images=return_images, **options)
+    rows, images = [], {}
+    for m, v, r in results:
+        label = variant_label(v)
+        if return_images:
+            images[(m, label)] = r.pop("images")
+        rows.append({"model": m, "variant": label, "method": v.method.value, "training": variant_training(v),
+                     "setting": variant_setting(v), **{k: r[k] for k in QUALITY_COLUMNS + PER_IMAGE_COLUMNS}})
+    return pd.DataFrame(rows), notes, images
 
 
 def variant_row(frame, model: str, variant: str):
@@ -83,12 +105,12 @@ def with_intervals(frame, reference=None, seed: int = 0):
 def summary_markdown(models: Sequence[str], table1, table3, table3_source: str, sweep=None, erf_tables=None,
                      tolerance: float = 0.05) -> str:
     """The chapter's closing "paper vs ours" table (markdown) from the same frames its sections printed:
-    ``table1`` (:func:`~aconvlib.mixers.flops.table1_comparison`), ``table3`` (rows of
+    ``table1`` (:func:`~aconvlib.book.table1.table1_comparison`), ``table3`` (rows of
     :func:`~aconvlib.mini.compare.evaluate_variants` or the stored file), ``sweep`` (NA sweep rows, optional),
     ``erf_tables`` (model → :func:`erf_table` frame with ``teacher`` and ``ΔConv (shipped)`` columns, optional)."""
     from ..mini.compare import describe_smallest_kernel, keep_tolerance, smallest_kernel_keeping
 
-    tokens = table1["grid"].map(lambda g: int(g.split("×")[0]) * int(g.split("×")[1]))
+    tokens = table1["tokens"]
     same = (table1["LinFusion paper tokens"] - tokens).abs() <= 0.01 * tokens   # rows whose paper entry uses our frame
     lf = table1.loc[same, "LinFusion ours/paper"]
     lf1 = table1.loc[same, "LinFusion ours (1 head)/paper"]
@@ -284,10 +306,10 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
     import torch
 
     from ..analysis.metrics import clip_score, fdd
-    from ..mini.compare import per_model
-    from ..mixers.convert import load_mixer, restore_attention, to_mixer
-    from ..mixers.neighborhood import neighborhood_attention
+    from ..mini.compare import Variant, per_model
+    from ..mixers.variants import Method, mounted
     from ..models import MissingWeightsError, get_spec
+    from .labels import method_title, variant_label
     from .real_adapters import _generate, resolve_adapter
     from .studies import default_prompts, load_study_pipeline
 
@@ -324,32 +346,23 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
         k = int(per_model(na_kernel, m))
         win = int(per_model(window, m)) if window is not None else k * k
         kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)
-        variants = [("self-attention (teacher)", "teacher", None), (f"window attention ({win} keys)", "window", None),
-                    (f"NA K={k}", "na", None)]
-        for kind, title in (("deltaconv", "ΔConv"), ("linear", "LinFusion")):
-            loc, why = resolve_adapter(adapters.get(m, {}).get(kind), adapter_base)
+        variants = [(Variant(Method.TEACHER), None), (Variant(Method.WINDOW, window=win, options={"window": win,
+                                                                                                    "mode": "1d"}), None),
+                    (Variant(Method.NA, kernel=k), None)]
+        for method in (Method.DELTACONV, Method.LINEAR):
+            loc, why = resolve_adapter(adapters.get(m, {}).get(method.value), adapter_base)
             if loc is None:
-                rep.lines.append(f"{m}: no distilled {title} adapter ({why}); its row is not measured. None is "
-                                 f"published; distill one with aconvlib.training.distill (mixer={kind!r}).")
+                rep.lines.append(f"{m}: no distilled {method_title(method)} adapter ({why}); its row is not measured. "
+                                 f"None is published; distill one with aconvlib.training.distill "
+                                 f"(mixer={method.value!r}).")
             else:
-                variants.append((f"{title} (distilled)", kind, loc))
+                variants.append((Variant(method, student="given"), loc))
         rep.images[m], rep.prompts[m] = {}, texts
-        for label, kind, loc in variants:
+        for v, loc in variants:
+            label = variant_label(v)
             t0 = time.perf_counter()
-            if kind == "teacher":
+            with mounted(pipe, v.method, kernel=v.kernel, adapter=loc, **v.options):
                 imgs = _generate(pipe, texts, **kw)
-            elif kind == "na":
-                with neighborhood_attention(pipe, k):
-                    imgs = _generate(pipe, texts, **kw)
-            else:
-                if kind == "window":
-                    to_mixer(pipe, "window", window=win, mode="1d")
-                else:
-                    load_mixer(pipe, loc, kind=kind, keep_original=True)
-                try:
-                    imgs = _generate(pipe, texts, **kw)
-                finally:
-                    restore_attention(pipe)
             seconds = (time.perf_counter() - t0) / len(texts)
             rep.images[m][label] = imgs
             row = {"model": m, "variant": label, "prompts": len(texts), "size": f"{h}x{w}", "steps": steps,

@@ -16,10 +16,12 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["RealAdapterReport", "evaluate_real_adapters", "resolve_adapter"]
+from ..mixers.variants import Method
 
-TEACHER = "self-attention (teacher)"
-STUDENT = "ΔConv (distilled)"
+__all__ = ["RealAdapterReport", "STUDENT", "TEACHER", "evaluate_real_adapters", "resolve_adapter"]
+
+#: the two rows of the report (keys of ``images[model]``); their labels are made by :meth:`RealAdapterReport.plot`
+TEACHER, STUDENT = Method.TEACHER, Method.DELTACONV
 
 
 @dataclass
@@ -29,7 +31,7 @@ class RealAdapterReport:
     Attributes:
         rows: one dict per model (model, adapter, prompts, size, steps, seconds per image, RMSE student vs
             teacher and, for scale, teacher vs another prompt's teacher image).
-        images: model → label (teacher / student) → uint8 [P, H, W, 3].
+        images: model → :data:`TEACHER` / :data:`STUDENT` → uint8 [P, H, W, 3].
         prompts: model → prompts; ``lines``: the plain-language summary, one line per model.
     """
 
@@ -45,11 +47,13 @@ class RealAdapterReport:
         return pd.DataFrame(self.rows)
 
     def plot(self, model: str, n_show: Optional[int] = None):
+        from ..mini.compare import Variant
+        from .labels import variant_label
         from .plotting import plot_image_rows
 
-        rows = {k: v[:n_show] for k, v in self.images[model].items()}
+        rows = {variant_label(Variant(k, student="given")): v[:n_show] for k, v in self.images[model].items()}
         prompts = self.prompts[model][:n_show]
-        title = (f"{model}: teacher vs ΔConv student, same prompts and noise" if STUDENT in rows
+        title = (f"{model}: teacher vs ΔConv student, same prompts and noise" if STUDENT in self.images[model]
                  else f"{model}: teacher samples (no distilled ΔConv adapter available)")
         return plot_image_rows(rows, prompts, title=title)
 
@@ -109,7 +113,7 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
     """
     import torch
 
-    from ..mixers.convert import load_deltaconv
+    from ..mixers.variants import mounted
     from ..models import get_spec
     from .budget import check_memory
     from .studies import default_prompts, load_study_pipeline
@@ -132,16 +136,16 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
         location, why = resolve_adapter(adapters.get(m), adapter_base)
         pipe = load_study_pipeline(m, device, dtype)
         kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)
-        t0 = time.perf_counter()
-        images = {TEACHER: _generate(pipe, texts, **kw)}
-        t_teacher = (time.perf_counter() - t0) / len(texts)
-        row = dict(model=m, adapter=location or "none", prompts=len(texts), size=f"{h}x{w}", steps=steps,
-                   teacher_s_per_image=round(t_teacher, 3))
-        if location is not None:
-            load_deltaconv(pipe, location)
+        images, seconds = {}, {}
+        for method in (TEACHER, STUDENT) if location is not None else (TEACHER,):
             t0 = time.perf_counter()
-            images[STUDENT] = _generate(pipe, texts, **kw)
-            row["student_s_per_image"] = round((time.perf_counter() - t0) / len(texts), 3)
+            with mounted(pipe, method, adapter=location):
+                images[method] = _generate(pipe, texts, **kw)
+            seconds[method] = round((time.perf_counter() - t0) / len(texts), 3)
+        row = dict(model=m, adapter=location or "none", prompts=len(texts), size=f"{h}x{w}", steps=steps,
+                   teacher_s_per_image=seconds[TEACHER])
+        if location is not None:
+            row["student_s_per_image"] = seconds[STUDENT]
             row["rmse_student_vs_teacher"] = _rmse(images[STUDENT], images[TEACHER])
             report.lines.append(f"{m}: ΔConv student from {why} evaluated against its teacher on {len(texts)} prompt(s), "
                                 f"same noise, {h}x{w} px, {steps} steps.")

@@ -15,7 +15,7 @@ def _kernel_sizes(value: str):
 def _convert(args) -> None:
     import pandas as pd
 
-    from ..mixers.convert import save_deltaconv, to_deltaconv
+    from ..mixers.convert import save_mixer, to_mixer
     from ..mixers.flops import deltaconv_table, deltaconv_table_frame
     from ..models import get_spec, load_denoiser
 
@@ -24,18 +24,18 @@ def _convert(args) -> None:
     px = args.px or spec.default_px
     grid = latent_grid(spec, px)  # bad sizes fail before the model is built
     den = load_denoiser(args.model, weights=False, device="cpu" if args.out else "meta")
-    to_deltaconv(den, ks, gate=args.gate, gate_scale=args.gate_scale, seed=args.seed)
+    to_mixer(den, "deltaconv", kernel_sizes=ks, gate=args.gate, gate_scale=args.gate_scale, seed=args.seed)
     df = deltaconv_table_frame(deltaconv_table(den, grid))
     with pd.option_context("display.width", 250, "display.max_rows", 200, "display.precision", 3):
         print(f"{args.model} at {px}×{px} px, kernel sizes {args.kernel_sizes!r} (FLOPs per sample)")
         print(df.to_string(index=False))
     if args.out:
-        save_deltaconv(den, args.out)
-        print(f"saved a freshly initialised ΔConv adapter to {args.out} (load with aconvlib.mixers.load_deltaconv)")
+        save_mixer(den, args.out)
+        print(f"saved a freshly initialised ΔConv adapter to {args.out} (load with aconvlib.mixers.load_mixer)")
 
 
 def _bench(args) -> None:
-    from ..mixers.benchmark import main
+    from ..book.benchmarks import main
 
     main(_forwarded(args.bench_args), prog="aconv bench-blocks")
 
@@ -46,7 +46,7 @@ def _forwarded(argv: list[str]) -> list[str]:
 
 
 def _bench_mixers(args) -> None:
-    from ..mixers.benchmark import main_mixers
+    from ..book.benchmarks import main_mixers
 
     main_mixers(_forwarded(args.bench_args), prog="aconv bench-mixers")
 
@@ -63,12 +63,12 @@ def register(sub) -> None:
     p.set_defaults(func=_convert)
     b = sub.add_parser("bench-blocks", add_help=False,
                        help="latency/memory of SDPA vs ΔConvBlock (torch, Triton); every argument goes to "
-                            "aconvlib.mixers.benchmark (e.g. --device cpu --sizes 512; --help lists them)")
+                            "aconvlib.book.benchmarks.main (e.g. --device cpu --sizes 512; --help lists them)")
     b.set_defaults(pass_through="bench_args")
     b.set_defaults(func=_bench)
     bm = sub.add_parser("bench-mixers", help="latency of every token mixer of the paper's Table 2 (SDPA, NA, window, "
                         "LinFusion, ΔConv K=13/25 torch/Triton), ratios to SDPA in the same run; arguments go to "
-                        "aconvlib.mixers.benchmark.main_mixers (e.g. --device cpu --sizes 256 512; --help lists them)",
+                        "aconvlib.book.benchmarks.main_mixers (e.g. --device cpu --sizes 256 512; --help lists them)",
                         add_help=False)
     bm.set_defaults(pass_through="bench_args")
     bm.set_defaults(func=_bench_mixers)

@@ -35,18 +35,19 @@ import torch
 
 from ..analysis.locality import erf
 from ..analysis.receptive_field import ReceptiveField, receptive_fields
-from ..mixers.convert import load_mixer, mixer_applied
-from ..mixers.neighborhood import clip_kernel, neighborhood_attention
+from ..mixers.neighborhood import clip_kernel
+from ..mixers.variants import Method, mounted
 from ..models import get_denoiser, load_pipeline, models_dir, self_attention_layers
 from . import dataset
 from .distill import adapter_dir
 from .evaluate import evaluate_model
 from .models import to_latent
 
-__all__ = ["CHAPTER_NA_KERNEL", "PAPER_K_FRACTION", "Variant", "comparison_variants", "control_variants",
-           "describe_smallest_kernel", "evaluate_variants", "finest_grid_side", "keep_tolerance", "mini_receptive_fields",
-           "na_sweep", "paper_scaled_kernel", "per_model", "smallest_kernel_keeping", "student_dir", "student_info",
-           "variant_pipeline"]
+__all__ = ["CHAPTER_NA_KERNEL", "Method", "PAPER_K_FRACTION", "Variant", "adapter_kernel_sizes",
+           "comparison_variants", "control_variants", "describe_smallest_kernel", "evaluate_variants",
+           "finest_grid_side", "keep_tolerance", "mini_receptive_fields", "mount_variant", "na_sweep",
+           "paper_scaled_kernel", "per_model", "score_variants", "smallest_kernel_keeping", "student_dir",
+           "student_info", "variant_pipeline"]
 
 QUALITY_COLUMNS = ("n_prompts", "prompt_adherence", "shape", "color", "size", "position", "fdd")
 #: the evaluator's per-image results a row keeps for its intervals (:mod:`aconvlib.mini.intervals`)
@@ -93,15 +94,41 @@ def student_info(folder: Path) -> dict:
 
 @dataclass
 class Variant:
-    """One row of the comparison: how its pipeline is made and what it cost."""
+    """One row of the comparison, typed: which mixer, with which K / window / student. Its display label,
+    training and setting columns are the book's (:mod:`aconvlib.book.labels`)."""
 
-    label: str            # e.g. "LinFusion (CPU budget)"
-    method: str           # "self-attention" | "deltaconv" | "linear" | "window" | "na" | "none" | "uniform"
-    training: str         # "teacher" | "distilled: …" | "training-free"
-    setting: str = ""     # "K=9", "169 keys", …
-    folder: Optional[Path] = None
+    method: Method
+    kernel: Optional[int] = None          # K of NA rows and of single-K ΔConv students
+    window: Optional[int] = None          # keys per query of window attention (1-D band)
+    student: Optional[str] = None         # distilled rows: "shipped" (H100 budget) | "cpu" (CPU budget) | "given"
+    start: Optional[str] = None           # a student's start: "scratch" | "teacher"
+    names_start: bool = False             # the row is told apart by its start (the controls)
+    roles: tuple = ()                     # NA / small-K rows: "paper-scaled" and/or "chapter" (the chapter's K)
+    folder: Optional[Path] = None         # a student's folder (adapter in ``folder/"adapter"``)
     options: dict = field(default_factory=dict)
-    kernel: Optional[int] = None   # K of NA / ΔConv rows (one K for every layer), else None
+
+    def __post_init__(self):
+        self.method = Method(self.method)
+
+    @property
+    def kernels(self) -> tuple:
+        """The distinct kernel sizes of a ΔConv student's layers (from its saved adapter), else ()."""
+        return adapter_kernel_sizes(self.folder) if self.folder is not None else ()
+
+    @property
+    def info(self) -> dict:
+        """A student's budget (:func:`student_info`), else {}."""
+        return student_info(self.folder) if self.folder is not None else {}
+
+
+def adapter_kernel_sizes(folder) -> tuple:
+    """The distinct kernel sizes of the ΔConv layers of the adapter saved in ``folder/"adapter"``, ascending."""
+    cfg = json.loads((Path(folder) / "adapter" / "config.json").read_text())
+    return tuple(sorted({int(layer["kernel_size"]) for layer in cfg.get("layers", []) if "kernel_size" in layer}))
+
+
+def _has_adapter(folder: Path) -> bool:
+    return (Path(folder) / "adapter" / "config.json").exists()
 
 
 def per_model(value, model: str):
@@ -119,37 +146,24 @@ def comparison_variants(model: str, na_kernel=7, window=49, cpu_budget: bool = T
     naming what is missing (a student folder that does not exist is left out and named). ``na_kernel`` and
     ``window`` are an int or a dict ``{model: value}``."""
     na_kernel, window = int(per_model(na_kernel, model)), int(per_model(window, model))
-    out = [Variant("self-attention (teacher)", "self-attention", "teacher")]
+    out = [Variant(Method.TEACHER)]
     notes = []
     if shipped:
         d = adapter_dir(model)
-        if (d / "adapter" / "config.json").exists():
-            i = student_info(d)
-            out.append(Variant("ΔConv (shipped, H100 budget)", "deltaconv", "distilled on an H100 (see chapter 7)",
-                               "K=" + str(_kernel_of(d)), d))
+        if _has_adapter(d):
+            out.append(Variant(Method.DELTACONV, student="shipped", start="scratch", folder=d))
         else:
             notes.append(f"{model}: no shipped ΔConv student in {d}")
     if cpu_budget:
-        for mixer, title in (("deltaconv", "ΔConv"), ("linear", "LinFusion")):
-            d = student_dir(model, mixer)
-            if not (d / "adapter" / "config.json").exists():
+        for method, title, start in ((Method.DELTACONV, "ΔConv", "scratch"), (Method.LINEAR, "LinFusion", "teacher")):
+            d = student_dir(model, method.value)
+            if not _has_adapter(d):
                 notes.append(f"{model}: no CPU-budget {title} student in {d} (scripts/distill_cpu_comparison.sh)")
                 continue
-            i = student_info(d)
-            budget = f"{i.get('steps')} steps × batch {i.get('batch')}"
-            start = "from fresh blocks" if mixer == "deltaconv" else "from the teacher's attn1 weights"
-            out.append(Variant(f"{title} (CPU budget)", mixer, f"distilled on the CPU, {budget}, {start}",
-                               "K=" + str(_kernel_of(d)) if mixer == "deltaconv" else "hidden ratio 1", d))
-    out.append(Variant(f"window attention ({window} keys)", "window", "training-free", f"1-D band, {window} keys",
-                       options={"window": window, "mode": "1d"}))
-    out.append(Variant(f"NA K={na_kernel}", "na", "training-free", f"K={na_kernel}", options={"kernel_size": na_kernel}))
+            out.append(Variant(method, student="cpu", start=start, folder=d))
+    out.append(Variant(Method.WINDOW, window=window, options={"window": window, "mode": "1d"}))
+    out.append(Variant(Method.NA, kernel=na_kernel))
     return out, notes
-
-
-def _kernel_of(folder: Path) -> str:
-    cfg = json.loads((Path(folder) / "adapter" / "config.json").read_text())
-    ks = sorted({layer["kernel_size"] for layer in cfg.get("layers", []) if "kernel_size" in layer})
-    return "/".join(map(str, ks)) or "?"
 
 
 def finest_grid_side(model: str) -> int:
@@ -179,59 +193,59 @@ def control_variants(model: str, na_kernels: Optional[Sequence[int]] = None,
     small = int(small_kernel or scaled)
     if na_kernels is None:
         na_kernels = [scaled] + ([CHAPTER_NA_KERNEL[model]] if CHAPTER_NA_KERNEL[model] != scaled else [])
-    out = [Variant("self-attention (teacher)", "self-attention", "teacher"),
-           Variant("no self-attention", "none", "training-free (control)", "every attn1 outputs 0"),
-           Variant("uniform attention", "uniform", "training-free (control)", "every query: mean of all values")]
+    out = [Variant(Method.TEACHER), Variant(Method.NONE), Variant(Method.UNIFORM)]
     notes = []
     for k in na_kernels:
-        roles = [r for r, kk in (("paper-scaled", scaled), ("chapter's K", CHAPTER_NA_KERNEL[model])) if kk == int(k)]
-        out.append(Variant(f"NA K={k}" + (f" ({', '.join(roles)})" if roles else ""), "na", "training-free",
-                           f"K={k}", options={"kernel_size": int(k)}, kernel=int(k)))
+        roles = tuple(r for r, kk in (("paper-scaled", scaled), ("chapter", CHAPTER_NA_KERNEL[model])) if kk == int(k))
+        out.append(Variant(Method.NA, kernel=int(k), roles=roles))
     d = adapter_dir(model)
-    if (d / "adapter" / "config.json").exists():
-        out.append(Variant("ΔConv (shipped, H100 budget)", "deltaconv", "distilled on an H100 (see chapter 7)",
-                           "K=" + _kernel_of(d), d, kernel=_single_kernel(d)))
+    if _has_adapter(d):
+        out.append(Variant(Method.DELTACONV, kernel=_single_kernel(d), student="shipped", start="scratch", folder=d))
     else:
         notes.append(f"{model}: no shipped ΔConv student in {d}")
-    students = [("deltaconv", "ΔConv (CPU budget, from scratch)", "from fresh blocks"),
-                (f"deltaconv-k{small}", f"ΔConv K={small} (CPU budget, from scratch, paper-scaled K)", "from fresh blocks"),
-                ("linear", "LinFusion (CPU budget, from the teacher's weights)", "from the teacher's attn1 weights"),
-                ("linear-scratch", "LinFusion (CPU budget, from scratch)", "from fresh weights")]
-    for name, title, start in students:
+    students = [("deltaconv", Method.DELTACONV, "scratch", ()),
+                (f"deltaconv-k{small}", Method.DELTACONV, "scratch", ("paper-scaled",)),
+                ("linear", Method.LINEAR, "teacher", ()), ("linear-scratch", Method.LINEAR, "scratch", ())]
+    for name, method, start, roles in students:
         d = student_dir(model, name)
-        if not (d / "adapter" / "config.json").exists():
+        if not _has_adapter(d):
             script = "distill_cpu_comparison.sh" if name in ("deltaconv", "linear") else "distill_cpu_controls.sh"
-            notes.append(f"{model}: no CPU-budget student {title!r} in {d} (scripts/{script})")
+            notes.append(f"{model}: no CPU-budget student {name!r} in {d} (scripts/{script})")
             continue
-        i = student_info(d)
-        method = "linear" if name.startswith("linear") else "deltaconv"
-        kernel = _single_kernel(d) if method == "deltaconv" else None
-        out.append(Variant(title, method, f"distilled on the CPU, {i.get('steps')} steps × batch {i.get('batch')}, "
-                                          f"{start}", "K=" + _kernel_of(d) if method == "deltaconv" else "hidden ratio 1",
-                           d, kernel=kernel))
+        kernel = _single_kernel(d) if method is Method.DELTACONV else None
+        out.append(Variant(method, kernel=kernel, student="cpu", start=start, names_start=True, roles=roles, folder=d))
     return out, notes
 
 
 def _single_kernel(folder: Path) -> Optional[int]:
-    ks = _kernel_of(folder)
-    return int(ks) if ks.isdigit() else None
+    ks = adapter_kernel_sizes(folder)
+    return ks[0] if len(ks) == 1 else None
+
+
+def mount_variant(pipe, variant: Variant):
+    """:func:`aconvlib.mixers.variants.mounted` with ``variant``'s mixer on ``pipe`` (a ``with`` block)."""
+    adapter = Path(variant.folder) / "adapter" if variant.folder is not None else None
+    return mounted(pipe, variant.method, kernel=variant.kernel, adapter=adapter, **variant.options)
 
 
 @contextlib.contextmanager
 def variant_pipeline(model: str, variant: Variant, device="cpu", teacher=None) -> Iterator:
-    """The pipeline of ``variant`` (the teacher converted in place for training-free variants, restored on exit;
-    a fresh pipeline with the student's adapter for distilled ones)."""
+    """The pipeline of ``variant``: ``teacher`` (loaded when not given) with the variant mounted, restored on exit."""
     teacher = teacher if teacher is not None else load_pipeline(model, device=device)
-    if variant.method == "self-attention":
-        yield teacher
-    elif variant.method == "na":
-        with neighborhood_attention(teacher, variant.options["kernel_size"]):
-            yield teacher
-    elif variant.method in ("window", "none", "uniform"):   # training-free kinds of the one conversion mechanism
-        with mixer_applied(teacher, variant.method, **variant.options):
-            yield teacher
-    else:
-        yield load_mixer(load_pipeline(model, device=device), str(Path(variant.folder) / "adapter"), kind=variant.method)
+    with mount_variant(teacher, variant) as pipe:
+        yield pipe
+
+
+def score_variants(model: str, variants: Sequence[Variant], prompts, *, steps: int = 20,
+                   guidance_scale: float = 4.5, seed: int = 0, device="cpu", n_real: int = 500,
+                   return_images: bool = False, teacher=None) -> Iterator[tuple[Variant, dict]]:
+    """``(variant, evaluator result)`` for every variant of ``model``, in order, on the same prompts and noise
+    (one teacher pipeline, each variant mounted on it in turn); the result keeps ``images`` when asked."""
+    teacher = teacher if teacher is not None else load_pipeline(model, device=device)
+    for v in variants:
+        with mount_variant(teacher, v) as pipe:
+            yield v, evaluate_model(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
+                                    seed=seed, n_real=n_real, return_images=return_images)
 
 
 def evaluate_variants(models: Sequence[str], prompts, *, steps: int = 20, guidance_scale: float = 4.5, seed: int = 0,
@@ -239,27 +253,19 @@ def evaluate_variants(models: Sequence[str], prompts, *, steps: int = 20, guidan
                       shipped: bool = True, return_images: bool = False):
     """Table 3 on the embedded models: every variant of every model on the same prompts and noise.
 
-    ``na_kernel`` / ``window``: an int or ``{model: value}``. Returns ``(frame, notes, images)``: one row per model and variant (``model``, ``method``, ``variant``,
-    ``training``, ``setting``, the evaluator's columns and its per-image ``per_image`` / ``features``, from which
-    :func:`aconvlib.book.comparison.with_intervals` adds intervals), the notes of :func:`comparison_variants`, and
-    ``{(model, label): images}`` when ``return_images``.
+    ``na_kernel`` / ``window``: an int or ``{model: value}``. Returns ``(results, notes)``: ``results`` is one
+    ``(model, variant, evaluator result)`` per model and variant (the result holds ``images`` when
+    ``return_images``), ``notes`` those of :func:`comparison_variants`. The book's
+    :func:`aconvlib.book.comparison.table3_live` makes the labelled table.
     """
-    import pandas as pd
-
-    rows, notes, images = [], [], {}
+    results, notes = [], []
     for m in models:
         variants, missing = comparison_variants(m, na_kernel, window, cpu_budget, shipped)
         notes += missing
-        teacher = load_pipeline(m, device=device)
-        for v in variants:
-            with variant_pipeline(m, v, device, teacher) as pipe:
-                r = evaluate_model(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed,
-                                   n_real=n_real, return_images=return_images)
-            if return_images:
-                images[(m, v.label)] = r.pop("images")
-            rows.append({"model": m, "variant": v.label, "method": v.method, "training": v.training,
-                         "setting": v.setting, **{k: r[k] for k in QUALITY_COLUMNS + PER_IMAGE_COLUMNS}})
-    return pd.DataFrame(rows), notes, images
+        for v, r in score_variants(m, variants, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                                   device=device, n_real=n_real, return_images=return_images):
+            results.append((m, v, r))
+    return results, notes
 
 
 def na_sweep(model: str, kernels: Sequence[int], prompts, *, steps: int = 20, guidance_scale: float = 4.5,
@@ -283,7 +289,7 @@ def na_sweep(model: str, kernels: Sequence[int], prompts, *, steps: int = 20, gu
         if int(k) in known:
             r = known[int(k)]
         else:
-            with neighborhood_attention(pipe, int(k)):
+            with mounted(pipe, Method.NA, kernel=int(k)):
                 r = evaluate_model(pipe, prompts, **kw)
         rows.append({"model": model, "K": int(k), "grid": grids[0][0], "K/grid": int(k) / grids[0][0],
                      "K_per_level": "/".join(str(clip_kernel(int(k), g)) for g in grids),

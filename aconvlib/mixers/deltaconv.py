@@ -194,9 +194,10 @@ def receptive_field(block: DeltaConvBlock, grid: tuple[int, int], position: tupl
         x: input tokens ``[1, H·W, C]``; default standard normal with ``seed``.
 
     Returns:
-        ``{"stage 0 (s=1)": [H, W], ..., "total": [H, W], "total w/o pool branch": [H, W]}``: for each
-        stage the gradient of the stage output at p (summed over its channels), for the block the
-        gradient of the block output at p; the pool branch adds the same value at every position.
+        ``{"stage_0": [H, W], "stage_1": [H, W], ..., "local": [H, W], "total": [H, W]}``: ``stage_i`` the
+        gradient of pyramid stage i's output at p (summed over its channels; its scale and K are
+        ``block.stages[i]``'s), ``local`` that of the block output without the pool branch, ``total`` that of
+        the block output (the pool branch adds the same value at every position). Labels are the book's.
     """
     h, w = grid
     py, px = position if position is not None else (h // 2, w // 2)
@@ -210,10 +211,10 @@ def receptive_field(block: DeltaConvBlock, grid: tuple[int, int], position: tupl
     stages = block.forward_stages(x, grid)
     for i, st in enumerate(stages):
         (g,) = torch.autograd.grad(st[0, py, px].sum(), x, retain_graph=True)
-        out[f"stage {i} (s={block.stages[i].scale:g}, K={block.stages[i].kernel_size})"] = g[0].abs().sum(-1).view(h, w)
+        out[f"stage_{i}"] = g[0].abs().sum(-1).view(h, w)
     y_local = block.out_proj(torch.cat(stages, -1).view(1, h * w, -1))
     (g,) = torch.autograd.grad(y_local[0, p].sum(), x, retain_graph=True)
-    out["total w/o pool branch"] = g[0].abs().sum(-1).view(h, w)
+    out["local"] = g[0].abs().sum(-1).view(h, w)
     y = y_local + block.pool_proj(x.mean(1, keepdim=True))
     (g,) = torch.autograd.grad(y[0, p].sum(), x)
     out["total"] = g[0].abs().sum(-1).view(h, w)

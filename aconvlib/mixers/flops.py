@@ -1,4 +1,4 @@
-"""FLOP counts of token mixers: formulas, per-layer tables, a FlopCounterMode cross-check, Table 1.
+"""FLOP counts of token mixers: formulas, per-layer tables, a FlopCounterMode cross-check.
 
 Self-attention, by the paper's formula (Sec. 3.1), for N = H'·W' tokens of C' channels:
 
@@ -22,16 +22,16 @@ The mixers of the paper's comparison, per sample, 2 FLOPs per multiply-add (MAC)
 :func:`mixer_table` gives one :class:`MixerRow` per layer for any kind (a stock denoiser and the
 kind's options, or a converted one), :func:`count_mixer_flops` runs every converted mixer on a small
 input under ``torch.utils.flop_counter.FlopCounterMode`` to cross-check the formulas, and
-:func:`table1_comparison` sets our numbers next to the paper's Table 1, baselines included.
+:func:`ditfastattn_window` back-solves a DiTFastAttn entry; the paper's Table 1 beside our counts is the book's
+(:mod:`aconvlib.book.table1`).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from ..models import (default_latent_hw, family_of, get_denoiser, get_spec, load_denoiser, paper_table,
+from ..models import (default_latent_hw, family_of, get_denoiser, get_spec, load_denoiser,
                       self_attention_layers)
 from .convert import get_adapter, latent_size, mixer_adapter_class, mixer_layers
 from . import kernels
@@ -94,6 +94,16 @@ def _hw(size) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _models_and_sizes(models, sizes):
+    """``(model, meta denoiser, height, width, latent grid)`` for every model and image size."""
+    for model in models:
+        spec = get_spec(model)
+        den = load_denoiser(model, weights=False, device="meta")
+        for size in sizes:
+            h, w = _hw(size)
+            yield model, den, h, w, spec.latent_grid(h, w)
+
+
 def flops_vs_resolution(models, sizes):
     """Long table: model, image size, number of self-attention layers, total and mean attention GFLOPs.
 
@@ -103,14 +113,10 @@ def flops_vs_resolution(models, sizes):
     import pandas as pd
 
     out = []
-    for model in models:
-        spec = get_spec(model)
-        den = load_denoiser(model, weights=False, device="meta")
-        for size in sizes:
-            h, w = _hw(size)
-            table = attention_flops_table(den, spec.latent_grid(h, w))
-            total = sum(l.flops for l in table)
-            out.append({"model": model, "size": f"{h}x{w}", "height": h, "width": w, "px": (h * w) ** 0.5,
+    for model, den, h, w, latent in _models_and_sizes(models, sizes):
+        table = attention_flops_table(den, latent)
+        total = sum(l.flops for l in table)
+        out.append({"model": model, "size": f"{h}x{w}", "height": h, "width": w, "px": (h * w) ** 0.5,
                         "layers": len(table), "total_GFLOPs": total / 1e9, "mean_GFLOPs": total / len(table) / 1e9})
     return pd.DataFrame(out)
 
@@ -391,32 +397,6 @@ def deltaconv_table_frame(rows: list[ConversionRow]):
         "ΔConv GFLOPs": r.deltaconv_flops / 1e9} for r in rows], ["level", "C", "K"])
 
 
-# ----------------------------------------------------------------------------------------------
-# the paper's Table 1
-# ----------------------------------------------------------------------------------------------
-# The paper's Table 1 (mean GFLOPs per module at inference) and the image sizes that reproduce its
-# self-attention rows exactly with 2 FLOPs per multiply-add and batch 2 (classifier-free guidance):
-# PixArt-Σ = any of its 28 layers (C = 1152, patch grid px/16); SD1.5 = its top layer (C = 320, px/8).
-# "2K" is 2048×2048 for PixArt but 2560×1440 for SD1.5; 4K = 4096×2160, 8K = 7680×4320, 16K = 15360×8640.
-@functools.lru_cache(maxsize=None)
-def paper_table1() -> dict:
-    """Table 1 of the paper, keyed by model, with sizes as ``{label: (H, W)}`` (from ``data/paper/tables.yml``)."""
-    t = paper_table("table1_mean_flops_G")
-    out = {}
-    for model in ("pixart", "sd15"):
-        m = dict(t[model])
-        m["sizes"] = {label: tuple(hw) for label, hw in zip(t["labels"], m["sizes"])}
-        m["attention"] = m.pop("self_attention")
-        out[model] = m
-    return out
-
-
-# The module Table 1 measures: heads and q/k/v bias (PixArt-Σ: 16 heads of 72, biased q/k/v;
-# SD1.5's top layer: 8 heads of 40, unbiased q/k/v; both with a biased output projection).
-TABLE1_HEADS = {"pixart": 16, "sd15": 8}
-TABLE1_QKV_BIAS = {"pixart": True, "sd15": False}
-
-
 def ditfastattn_window(tokens: int, channels: int, flops: float, batch: int = 2) -> tuple[float, int]:
     """Back-solve a DiTFastAttn entry: ``(kept share ρ of the N² work, odd 1-D window w)``.
 
@@ -434,80 +414,11 @@ def ditfastattn_window(tokens: int, channels: int, flops: float, batch: int = 2)
     return rho, 2 * r + 1
 
 
-def table1_comparison(batch: int = 2, ratio: float = 0.5, scales=(1.0, 0.5), baselines: bool = True,
-                      linfusion_hidden_ratio: float = 1.0):
-    """Our per-module GFLOPs next to the paper's Table 1 (a pandas DataFrame, one row per model and size).
-
-    Self-attention by :func:`attention_flops_2mac`, ΔConv by :func:`deltaconv_flops`, both × ``batch``,
-    on the module shapes and image sizes of :func:`paper_table1`. With ``baselines`` (default) also:
-
-    **LinFusion** (both models). ``LinFusion ours``: :func:`linear_attention_flops` (2/MAC) with
-    LinFusion's released default hidden width m = C (``linfusion_hidden_ratio``; its code's
-    ``projection_mid_dim=None``) and the module's real heads (:data:`TABLE1_HEADS`), × ``batch``.
-    It comes out at 0.80 (PixArt) / 0.82 (SD1.5) of the paper. The paper's LinFusion entries are
-    exactly linear in N and all twelve fit 2·N·(20.25·C² + 15·C) within their rounding (≤ 0.022%;
-    PixArt 2K at N = 14,400, see below), i.e. their leading term does not depend on the head
-    width. ``LinFusion ours (1 head)`` counts the linear-attention state as one C×C head (d = C:
-    4·N·C² instead of 4·N·C·d) and reproduces the paper to 1.1–1.2% (0.988–0.990), so the paper
-    evidently counted it that way; the remaining ~0.25·N·C² is not accounted for by any operation
-    of the module (the paper does not state LinFusion's hidden width m or its counting rules).
-    ``LinFusion paper tokens``: the N implied by the paper's own linear scaling from its
-    512 entry; at PixArt "2K" it is 14,400 (2560×1440), not the 16,384 (2048²) of the
-    self-attention column, so the paper's LinFusion (and ΔConv) PixArt-2K entries use another
-    frame and our ratio there is 16384/14400 = 1.138 higher than at the other sizes.
-
-    **DiTFastAttn** (PixArt only). Its window choice is calibrated per layer and timestep (window
-    attention with residual caching, sharing across steps and CFG), so it cannot be recomputed from
-    first principles; what can be done is back-solving (:func:`ditfastattn_window`): the share ρ of
-    the N² work the paper's entry keeps (projections unchanged; 0.90 at 512, 0.78 at 1024,
-    0.72 from 2K on) and the uniform 1-D window w that gives exactly that. ``DiTFastAttn ours`` is
-    :func:`window_attention_flops` (2/MAC, 1d) at that w × ``batch``; it matches the paper to
-    < 0.01% by construction. The w found is about the sequence length (w/N ≈ 1.35 at 512, ≈ 0.95
-    from 2K on): the paper's DiTFastAttn saves 10% (512), 22% (1024) and from 2K on a constant ~28%
-    of the quadratic term, not what a fixed local window would do (its cost would grow linearly in N).
-    """
-    import pandas as pd
-
-    rows = []
-    for model, t in paper_table1().items():
-        c, f, k = t["channels"], t["px_per_token"], t["kernel_size"]
-        h0, w0 = t["sizes"]["512"]
-        n512 = (h0 // f) * (w0 // f)
-        for i, (label, (h, w)) in enumerate(t["sizes"].items()):
-            grid = (h // f, w // f)
-            n = grid[0] * grid[1]
-            sa, dc = batch * attention_flops_2mac(n, c) / 1e9, batch * deltaconv_flops(grid, c, k, ratio, scales) / 1e9
-            row = {"model": model, "size": label, "pixels": f"{w}×{h}", "grid": f"{grid[0]}×{grid[1]}",
-                   "attn ours": sa, "attn paper": t["attention"][i], "attn ours/paper": sa / t["attention"][i],
-                   "ΔConv ours": dc, "ΔConv paper": t["deltaconv"][i], "ΔConv ours/paper": dc / t["deltaconv"][i],
-                   "attn/ΔConv ours": sa / dc, "attn/ΔConv paper": t["attention"][i] / t["deltaconv"][i]}
-            if baselines:
-                lf_paper = t["linfusion"][i]
-                kw = dict(convention="2mac", qkv_bias=TABLE1_QKV_BIAS[model])
-                lf = batch * linear_attention_flops(n, c, linfusion_hidden_ratio, heads=TABLE1_HEADS[model], **kw) / 1e9
-                lf1 = batch * linear_attention_flops(n, c, linfusion_hidden_ratio, heads=1, **kw) / 1e9
-                row.update({"LinFusion ours": lf, "LinFusion ours (1 head)": lf1, "LinFusion paper": lf_paper,
-                            "LinFusion ours/paper": lf / lf_paper, "LinFusion ours (1 head)/paper": lf1 / lf_paper,
-                            "LinFusion paper tokens": round(lf_paper / t["linfusion"][0] * n512)})
-                nan = float("nan")
-                dfa = {"DiTFastAttn paper": nan, "DiTFastAttn kept N² share": nan, "DiTFastAttn window (1d)": nan,
-                       "DiTFastAttn ours": nan, "DiTFastAttn ours/paper": nan}
-                if "ditfastattn" in t:
-                    paper = t["ditfastattn"][i]
-                    rho, win = ditfastattn_window(n, c, paper * 1e9, batch)
-                    ours = batch * window_attention_flops(n, c, win, "1d", "2mac") / 1e9
-                    dfa = {"DiTFastAttn paper": paper, "DiTFastAttn kept N² share": rho,
-                           "DiTFastAttn window (1d)": win, "DiTFastAttn ours": ours, "DiTFastAttn ours/paper": ours / paper}
-                row.update(dfa)
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-__all__ = ["ConversionRow", "LayerFlops", "MixerRow", "TABLE1_HEADS", "TABLE1_QKV_BIAS", "attention_flops",
+__all__ = ["ConversionRow", "LayerFlops", "MixerRow", "attention_flops",
            "attention_flops_2mac", "attention_flops_table", "count_mixer_flops", "deltaconv_flops",
            "deltaconv_flops_breakdown", "deltaconv_params", "deltaconv_table", "deltaconv_table_frame",
            "ditfastattn_window", "flops_vs_resolution", "linear_attention_flops", "linear_attention_params",
-           "mixer_table", "mixer_table_frame", "paper_table1", "self_attention_table", "table1_comparison",
+           "mixer_table", "mixer_table_frame", "self_attention_table",
            "window_attention_flops", "window_pairs"]
 
 
@@ -528,20 +439,16 @@ def dominant_terms(models, sizes):
     import pandas as pd
 
     out = []
-    for model in models:
-        spec = get_spec(model)
-        den = load_denoiser(model, weights=False, device="meta")
-        for size in sizes:
-            h, w = _hw(size)
-            layers = self_attention_layers(den, spec.latent_grid(h, w))
-            terms = [attention_terms(l.tokens, l.channels) for l in layers]
-            proj = sum(t["projections"] for t in terms)
-            quad = sum(t["quadratic"] for t in terms)
-            out.append({"model": model, "px": (h * w) ** 0.5, "size": f"{h}x{w}", "layers": len(layers),
-                        "projections_GFLOPs": proj / 1e9, "quadratic_GFLOPs": quad / 1e9,
-                        "quadratic_share": quad / (proj + quad),
-                        "dominant": "N² terms" if quad > proj else "projections",
-                        "layers_N2_dominant": sum(t["quadratic"] > t["projections"] for t in terms)})
+    for model, den, h, w, latent in _models_and_sizes(models, sizes):
+        layers = self_attention_layers(den, latent)
+        terms = [attention_terms(l.tokens, l.channels) for l in layers]
+        proj = sum(t["projections"] for t in terms)
+        quad = sum(t["quadratic"] for t in terms)
+        out.append({"model": model, "px": (h * w) ** 0.5, "size": f"{h}x{w}", "layers": len(layers),
+                    "projections_GFLOPs": proj / 1e9, "quadratic_GFLOPs": quad / 1e9,
+                    "quadratic_share": quad / (proj + quad),
+                    "dominant": "N² terms" if quad > proj else "projections",
+                    "layers_N2_dominant": sum(t["quadratic"] > t["projections"] for t in terms)})
     return pd.DataFrame(out)
 
 
@@ -561,32 +468,4 @@ def growth_per_doubling(frame, value: str = "total_GFLOPs"):
     return pd.DataFrame(rows, columns=["model", "from_px", "to_px", "factor"])
 
 
-def table1_attention_conventions():
-    """How the paper's Table 1 self-attention row depends on the counting convention: per model and size,
-    our count / the paper's entry under
-
-    * ``paper formula, batch 1``: Sec. 3.1's 4NC'² + 4N²C' + 4N² for one sample, at the frames of
-      :func:`paper_table1`;
-    * ``8NC'², batch 2, 4K = 3840×2160``: 2 FLOPs per multiply-add in the projections, the CFG batch, and 4K
-      as the paper's text defines it (Sec. 5.2: "4K (e.g., 3840x2160)");
-    * ``8NC'², batch 2, 4K = 4096×2160``: the same with the 4K frame that reproduces the row (our convention,
-      :func:`table1_comparison`).
-
-    Only the 4K rows differ between the last two. A pandas DataFrame."""
-    import pandas as pd
-
-    rows = []
-    for model, t in paper_table1().items():
-        c, f = t["channels"], t["px_per_token"]
-        for i, (label, (h, w)) in enumerate(t["sizes"].items()):
-            paper = t["attention"][i] * 1e9
-            n = (h // f) * (w // f)
-            n_text = (2160 // f) * (3840 // f) if label == "4K" else n
-            rows.append({"model": model, "size": label, "pixels (fit)": f"{w}×{h}", "attn paper (G)": paper / 1e9,
-                         "paper formula, batch 1": attention_flops(n, c) / paper,
-                         "8NC'², batch 2, 4K = 3840×2160": 2 * attention_flops_2mac(n_text, c) / paper,
-                         "8NC'², batch 2, 4K = 4096×2160": 2 * attention_flops_2mac(n, c) / paper})
-    return pd.DataFrame(rows)
-
-
-__all__ += ["attention_terms", "dominant_terms", "growth_per_doubling", "table1_attention_conventions"]
+__all__ += ["attention_terms", "dominant_terms", "growth_per_doubling"]
