@@ -39,7 +39,7 @@ from ..analysis import locality as L
 from ..models import get_spec
 from .studies import CaptureStudy, capture_study, default_prompts
 
-__all__ = ["ExplorerModel", "build_explorer", "explorer_payload", "find_captures", "quantize_rows", "step_groups"]
+__all__ = ["ExplorerModel", "build_explorer", "default_page_path", "explorer_payload", "find_captures", "quantize_rows", "step_groups"]
 
 GroupSpec = Union[Sequence[str], Mapping[str, Optional[Sequence[int]]]]
 MAX_BYTES = 4_000_000   # stored rows and curves, before base64 (x 4/3 in the page; Bokeh adds ~1.3 MB)
@@ -497,3 +497,19 @@ def build_explorer(out_html, models: Sequence[str] = ("mini-sd", "mini-dit"), ru
               + "; ".join(f"{m['model']} ({len(m['layers'])} layers, {len(m['groups'])} step groups)"
                           for m in payload["models"]))
     return out
+
+
+def default_page_path(chapter_out) -> Path:
+    """Where chapter 10 writes the page: the book's ``_extra/explorer.html`` (copied to the HTML book's root) when
+    the chapter is executed into ``book/chapters`` or run by hand, else ``chapter_out/explorer.html`` (a ``ci-real``
+    run or ``--out-dir`` keeps the book's page as it is)."""
+    import os
+
+    from .records import ENV_PATH
+    from .runner import book_dir
+
+    env = os.environ.get(ENV_PATH)
+    book = book_dir()
+    if not env or Path(env).parent.resolve() == (book / "chapters").resolve():
+        return book / "_extra" / "explorer.html"
+    return Path(chapter_out) / "explorer.html"
