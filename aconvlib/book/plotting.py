@@ -5,6 +5,8 @@ Inputs are :class:`aconvlib.book.studies.CaptureStudy` objects, the per-layer Da
 """
 from __future__ import annotations
 
+import textwrap
+
 from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
@@ -37,7 +39,7 @@ def plot_attention_overlays(study, layer_names: Optional[Sequence[str]] = None,
     img = study.images[image_index]
     h, w = img.shape[:2]
     fig, axes = plt.subplots(len(names), len(query_points) + 1, figsize=(size * (len(query_points) + 1),
-                             size * len(names)), squeeze=False)
+                             size * len(names)), squeeze=False, layout="constrained")
     labels = {d["name"]: d["label"] for d in study.layers}
     for r, name in enumerate(names):
         grid = tuple(study.grids[name])
@@ -53,14 +55,15 @@ def plot_attention_overlays(study, layer_names: Optional[Sequence[str]] = None,
                       interpolation="nearest")
             qy, qx = (q // grid[1] + 0.5) * h / grid[0], (q % grid[1] + 0.5) * w / grid[1]   # token centre
             ax.plot([qx], [qy], marker="+", color="cyan", markersize=9, mew=2)
-            ax.set_title(f"max {row.max():.2f}", fontsize=7)
+            ax.set_title(f"max {row.max():.2g} (uniform {1 / row.size:.2g})", fontsize=7)
         if r == 0:
             axes[0, 0].set_title("image", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(f"Self-attention maps of {study.model} ({study.weights} weights), averaged over heads and steps; "
-                 f"prompt: “{study.prompts[image_index]}”", fontsize=9)
-    fig.tight_layout()
+    # the title wraps to the grid's width, so the figure is no wider than its panels (a page-wide figure)
+    title = (f"{study.model} ({study.weights} weights): self-attention maps averaged over heads and steps; "
+             f"prompt: “{study.prompts[image_index]}”")
+    fig.suptitle("\n".join(textwrap.wrap(title, int(11 * size * (len(query_points) + 1)))), fontsize=9)
     return fig
 
 
