@@ -450,11 +450,11 @@ def model_fingerprints(record_names: list[str] = ()) -> dict[str, str]:
 
 def write_json(path: Path, doc: dict) -> None:
     """Write ``doc`` atomically (a reader never sees half a file), indented, keys in insertion order."""
+    from ..utils import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 
 def load_sidecar(path: str | Path) -> dict:

@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from ..utils import atomic_write
 from .records import flatten, format_tolerance, load_sidecar, matches, records_path_for, write_json
 from .runner import REGRESSION_REPORT, book_root, execute_chapter, load_profile, select_chapters
 
@@ -435,9 +436,7 @@ def write_report(comp: Comparison, md_path: Path) -> tuple[Path, Path]:
     for r in comp.rows:
         r.last_matched = comp.created if r.ok else last.get((r.chapter, r.name))
     write_json(json_path, comp.to_json())
-    tmp = md_path.with_name(f".{md_path.name}.tmp")
-    tmp.write_text(comp.to_markdown())
-    tmp.replace(md_path)
+    atomic_write(md_path, comp.to_markdown())
     return md_path, json_path
 
 
