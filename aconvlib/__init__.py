@@ -17,7 +17,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-#: top-level name -> the subpackage that defines it
+#: top-level name -> the module (under aconvlib) that defines it
 _LAZY = {
     "list_models": "models",
     "load_denoiser": "models",
@@ -25,9 +25,9 @@ _LAZY = {
     "capture_self_attention": "analysis",
     "asm_curve": "analysis",
     "DeltaConvBlock": "mixers",
-    "to_deltaconv": "mixers",
-    "save_deltaconv": "mixers",
-    "load_deltaconv": "mixers",
+    "to_deltaconv": "mixers.convert",
+    "save_deltaconv": "mixers.convert",
+    "load_deltaconv": "mixers.convert",
     "neighborhood_attention": "mixers",
     "distill_model": "training",
 }
