@@ -235,3 +235,9 @@ def test_import_aconvlib_is_light_and_changes_no_global_state():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_no_module_is_over_600_lines():
+    """One concept per module (timm's rule of thumb): a module past ~600 lines is split by concern."""
+    long = {str(p.relative_to(PKG)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"split these modules by concern: {long}"
