@@ -164,7 +164,9 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path | None = N
     # The kernel draws inline whatever the caller's environment says (MPLBACKEND=Agg, CI's and many servers'
     # setting, would make every plt.show() draw nothing); the book's own figures are PNGs either way (figures.py).
     env = {ENV_PATH: str(sidecar.resolve()), ENV_CHAPTER: path.stem, ENV_PROFILE: profile,
-           "MPLBACKEND": INLINE_BACKEND}
+           "MPLBACKEND": INLINE_BACKEND,
+           # tqdm.auto warns on import when ipywidgets is missing (a chapter's first imports, before its setup)
+           "PYTHONWARNINGS": "ignore:IProgress not found"}
     t0 = time.time()
     try:
         with _environ(env):
