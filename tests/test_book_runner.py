@@ -203,13 +203,16 @@ plt.show()                      # an undeclared figure: the inline backend draws
 fig, ax = plt.subplots()
 ax.plot([2, 1])
 show_figure(fig, "t-line")"""
-DECLARE = "```{glue:figure} t-line\n:alt: a line\n:name: fig-t-line\n\nA falling line.\n```"
-
-
 def _figure_notebook(path: Path, body: str = FIGURE_CELL, declared=("t-line",)) -> Path:
+    """A chapter whose figure cell declares ``declared`` (MyST-NB figure metadata, as the book's chapters do)."""
     _notebook(path, body)
     nb = nbformat.read(path, 4)
-    nb.cells += [nbformat.v4.new_markdown_cell(DECLARE.replace("t-line", d)) for d in declared]
+    for i, name in enumerate(declared):
+        cell = nb.cells[-1] if i == 0 else nbformat.v4.new_code_cell("x = 3")
+        cell.metadata["mystnb"] = {"figure": {"name": f"fig-{name}", "caption": "A falling line."},
+                                   "image": {"alt": "a line", "width": "100%"}}
+        if i:
+            nb.cells.append(cell)
     nbformat.write(nb, path)
     return path
 
@@ -221,9 +224,8 @@ def test_figures_render_under_agg_and_a_missing_declared_figure_fails_the_chapte
     out = execute_chapter(_figure_notebook(tmp_path / "99_ok.ipynb"), "smoke", out_dir=tmp_path / "out",
                           profiles_path=profiles)
     nb = nbformat.read(out, 4)
-    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-            if any(k.endswith("image/png") for k in o.get("data", {}))]
-    assert len(pngs) == 2                               # plt.show()'s inline figure and the glued one
+    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 2                               # plt.show()'s inline figure and the declared one
     assert declared_figures(out) == ["t-line"] and produced_figures(out) == {"t-line"}
     # a chapter that declares a figure it never makes fails, naming chapter and figure
     src = _figure_notebook(tmp_path / "99_gap.ipynb", declared=("t-line", "t-missing"))
@@ -233,8 +235,8 @@ def test_figures_render_under_agg_and_a_missing_declared_figure_fails_the_chapte
     raw = json.loads(out.read_text())
     for c in raw["cells"]:
         if c["cell_type"] == "code":
-            c["outputs"] = [o for o in c.get("outputs", []) if (o.get("metadata") or {}).get("scrapbook", {})
-                            .get("name") != "t-line"]
+            c["outputs"] = [o for o in c.get("outputs", []) if (o.get("metadata") or {}).get("aconv_figure")
+                            != "t-line"]
     assert missing_figures(raw) == ["t-line"]
 
 

@@ -1,26 +1,21 @@
-"""The book's figures: rendered to PNG whatever the matplotlib backend, glued under a name, declared and checked.
+"""The book's figures: rendered to PNG whatever the matplotlib backend, captioned, declared and checked.
 
 A chapter shows a figure with :func:`show_figure` (``fig`` or a list of figures, one per model, stacked into one
-image) and places it, numbered and captioned with alt text, in a Markdown cell::
+image). The PNG is made by the figure itself (``savefig``), so it exists under ``MPLBACKEND=Agg`` or any other
+backend, and it is an ordinary output of the cell: visible in Jupyter, Colab and the executed notebook. The cell
+declares the figure in its metadata, which MyST-NB renders as a numbered, captioned figure with alt text::
 
-    ```{glue:figure} ch02-overlays
-    :alt: Attention maps of three query points over the generated image, one row per layer
-    :name: fig-ch02-overlays
+    "mystnb": {"figure": {"name": "fig-ch02-overlays", "caption": "**Where three queries attend.** ..."},
+               "image": {"alt": "Attention maps of three query points ...", "width": "100%"}}
 
-    **Where three queries attend.** ...
-    ```
-
-The PNG is made by the figure itself (``savefig``), so it exists under ``MPLBACKEND=Agg`` or any other
-backend; under the book runner (``$ACONV_RECORDS`` set) it is only glued, and the captioned figure is where the
-reader sees it; in Jupyter or Colab it is also displayed in place. Every ``{glue:figure}`` of a chapter is a
-*declared* figure: :func:`missing_figures` lists the declared names an executed chapter did not produce, and the
-runner fails the chapter on any (:func:`aconvlib.book.runner.execute_chapter`).
+Every such cell is a *declared* figure (name without the ``fig-`` prefix): :func:`missing_figures` lists the
+declared names an executed chapter did not produce, and the runner fails the chapter on any
+(:func:`aconvlib.book.runner.execute_chapter`).
 """
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from pathlib import Path
 from typing import Sequence, Union
@@ -29,7 +24,7 @@ __all__ = ["declared_figures", "figure_png", "missing_figures", "produced_figure
 
 #: page width the PNGs are rendered for (pixels at ``DPI``): a figure made ``figsize=(10, h)`` fills it
 DPI = 110
-_GLUE_FIGURE = re.compile(r"^```+\{glue:figure\}\s+(\S+)", re.MULTILINE)
+FIGURE_KEY = "aconv_figure"   # output metadata: the name of the figure the output is
 
 
 def figure_png(fig, dpi: int = DPI) -> bytes:
@@ -58,16 +53,10 @@ def _stack(pngs: Sequence[bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _in_book_run() -> bool:
-    from .records import ENV_PATH
-
-    return bool(os.environ.get(ENV_PATH))
-
-
-def show_figure(fig: Union[object, Sequence[object]], name: str, dpi: int = DPI):
-    """Render ``fig`` (a matplotlib figure, or a list of them stacked into one image) to PNG and glue it under
-    ``name`` for the chapter's ``{glue:figure}``; displayed in place too outside the book runner. Returns nothing
-    (a cell ending in this call shows the figure once). ``name``: lower-case letters, digits and dashes, e.g. ``"ch03-asm-curves"``."""
+def show_figure(fig: Union[object, Sequence[object]], name: str, dpi: int = DPI) -> None:
+    """Render ``fig`` (a matplotlib figure, or a list of them stacked into one image) to PNG and display it as the
+    cell's figure ``name`` (the cell's ``mystnb.figure`` metadata gives its caption). ``name``: lower-case letters,
+    digits and dashes, e.g. ``"ch03-asm-curves"``; the output carries it for the declared-figure check."""
     from IPython.display import Image, display
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
@@ -76,36 +65,33 @@ def show_figure(fig: Union[object, Sequence[object]], name: str, dpi: int = DPI)
     if not figs:
         raise ValueError(f"figure {name!r}: no figure to show")
     pngs = [figure_png(f, dpi) for f in figs]
-    img = Image(data=pngs[0] if len(pngs) == 1 else _stack(pngs), format="png")
-    in_book = _in_book_run()
-    try:
-        from myst_nb import glue
+    display(Image(data=pngs[0] if len(pngs) == 1 else _stack(pngs), format="png"), metadata={FIGURE_KEY: name})
 
-        glue(name, img, display=not in_book)
-    except ImportError:          # plain Jupyter without the book's extras: just show it
-        display(img)
+
+def _cells(notebook) -> list:
+    nb = json.loads(Path(notebook).read_text()) if not isinstance(notebook, dict) else notebook
+    return nb.get("cells", [])
 
 
 def declared_figures(notebook: Union[str, Path, dict]) -> list[str]:
-    """The names of every ``{glue:figure}`` in the notebook's Markdown cells, in order."""
-    nb = json.loads(Path(notebook).read_text()) if not isinstance(notebook, dict) else notebook
+    """The names of the figures a chapter declares (code cells with ``mystnb.figure.name``, ``fig-`` prefix
+    dropped), in order."""
     names = []
-    for c in nb.get("cells", []):
-        if c.get("cell_type") == "markdown":
-            src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-            names += _GLUE_FIGURE.findall(src)
+    for c in _cells(notebook):
+        name = ((c.get("metadata") or {}).get("mystnb") or {}).get("figure", {}).get("name")
+        if c.get("cell_type") == "code" and name:
+            names.append(name[4:] if name.startswith("fig-") else name)
     return names
 
 
 def produced_figures(notebook: Union[str, Path, dict]) -> set[str]:
-    """The glue names of every PNG output of an executed notebook."""
-    nb = json.loads(Path(notebook).read_text()) if not isinstance(notebook, dict) else notebook
+    """The names of the figures an executed notebook shows: PNG outputs of a declaring cell whose output carries
+    the name (:func:`show_figure`)."""
     out = set()
-    for c in nb.get("cells", []):
+    for c in _cells(notebook):
         for o in c.get("outputs", []) if c.get("cell_type") == "code" else []:
-            name = (o.get("metadata") or {}).get("scrapbook", {}).get("name")
-            # glue(display=False) stores the data under a prefixed MIME type (application/papermill.record/image/png)
-            if name and any(k.endswith("image/png") for k in (o.get("data") or {})):
+            name = (o.get("metadata") or {}).get(FIGURE_KEY)
+            if name and "image/png" in (o.get("data") or {}):
                 out.add(name)
     return out
 

@@ -183,7 +183,7 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path | None = N
     if missing:
         _finish_records(sidecar, path.stem, profile, f"failed: missing figures {missing}", time.time() - t0)
         raise ChapterError(f"chapter {path.stem!r} executed but lacks declared figure(s) {', '.join(missing)}: "
-                           "its Markdown places them ({glue:figure}) and no cell produced them (show_figure)")
+                           "its cells declare them (mystnb.figure metadata) and none produced them (show_figure)")
     present_for_readers(out, profile, params)
     _finish_records(sidecar, path.stem, profile, "complete", time.time() - t0)
     print(f"[aconv] {path.stem}: executed under profile {profile!r} in {time.time() - t0:.1f} s -> {out}")
