@@ -359,25 +359,15 @@ def _version(pkg: str) -> Optional[str]:
         return None
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict:
     """Versions and device of this process: aconvlib, torch, diffusers, numpy, python, platform, the CPU (and
     the CUDA device when this process used one), torch's thread count and deterministic mode."""
     import aconvlib
+    from ..utils import cpu_name
 
     env = {"aconvlib": aconvlib.__version__, "torch": _version("torch"), "diffusers": _version("diffusers"),
            "numpy": _version("numpy"), "python": platform.python_version(),
-           "platform": f"{platform.system()} {platform.machine()}", "device": f"cpu: {_cpu_name()}"}
+           "platform": f"{platform.system()} {platform.machine()}", "device": f"cpu: {cpu_name()}"}
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
