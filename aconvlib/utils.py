@@ -5,7 +5,7 @@
   (``torch.save``); a kill never leaves a half-written file, a failed block leaves the old one;
 * dtype parsing: :func:`parse_dtype` (``"fp16"``, ``"float16"``, ``"torch.float16"``, a ``torch.dtype`` …);
 * environment metadata: :func:`environment` (versions, platform, CPU, device) for records and benchmarks;
-* fingerprints: :func:`fingerprint`, a sha256 of an object's JSON form.
+* fingerprints: :func:`fingerprint`, a sha256 of an object's JSON form; :func:`file_digest` and :func:`files_fingerprint`, of files' bytes.
 
 Nothing here imports another aconvlib module, and torch is imported only by the functions that need it, so
 that ``import aconvlib`` stays light.
@@ -22,10 +22,10 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["DTYPE_NAMES", "atomic_path", "atomic_save", "atomic_write", "atomic_write_json", "cpu_name", "environment",
-           "fingerprint", "module_version", "parse_dtype"]
+           "file_digest", "files_fingerprint", "fingerprint", "module_version", "parse_dtype"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,12 +147,32 @@ def environment(modules: tuple[str, ...] = ("torch", "diffusers", "numpy")) -> d
 # Fingerprints
 # --------------------------------------------------------------------------------------------------
 
-def fingerprint(obj: Any, length: int | None = 16, *, canonical: bool = True) -> str:
+def fingerprint(obj: Any, length: int | None = 16, *, canonical: bool = True,
+                default: Callable[[Any], Any] | None = None) -> str:
     """Hex sha256 of ``obj``'s JSON form, cut to ``length`` characters (None: all 64).
 
     ``canonical`` (default) sorts keys and drops whitespace; ``canonical=False`` hashes plain ``json.dumps(obj)``,
     the form of the older cache keys (prompt lists, sample keys), kept so that existing caches stay valid.
+    ``default`` turns values JSON cannot encode into ones it can (e.g. ``str`` for dtypes and paths).
     """
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":")) if canonical else json.dumps(obj)
+    text = (json.dumps(obj, sort_keys=True, separators=(",", ":"), default=default) if canonical
+            else json.dumps(obj, default=default))
     digest = hashlib.sha256(text.encode()).hexdigest()
     return digest if length is None else digest[:length]
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """Hex sha256 of one file's bytes, cut to ``length`` characters."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
+
+
+def files_fingerprint(files: Iterable[str | os.PathLike], root: str | os.PathLike, length: int = 16) -> str:
+    """``"sha256:<hex>"`` over the files' paths relative to ``root`` and their bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    for f in files:
+        f = Path(f)
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()[:length]
