@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["DTYPE_NAMES", "atomic_path", "atomic_save", "atomic_write", "atomic_write_json", "cpu_name", "environment",
-           "file_digest", "files_fingerprint", "fingerprint", "module_version", "parse_dtype"]
+__all__ = ["DTYPE_NAMES", "atomic_path", "atomic_save", "atomic_write", "atomic_write_json", "check_grid", "cpu_name", "environment",
+           "file_digest", "files_fingerprint", "fingerprint", "iter_json_lines", "module_version", "parse_dtype", "positive_int"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,6 +73,55 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path, tmp_name=Path(path).name + ".tmp") as tmp:
         torch.save(obj, tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------------
+
+def positive_int(value: Any, what: str) -> int:
+    """``value`` as an int ≥ 1 (anything ``operator.index`` accepts, bools excluded); ValueError naming ``what``."""
+    import operator
+
+    if not isinstance(value, bool):
+        try:
+            v = operator.index(value)
+        except TypeError:
+            v = None
+        if v is not None and v >= 1:
+            return v
+    raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def check_grid(grid: Any, n: int | None = None, who: str = "grid") -> tuple[int, int]:
+    """A token grid ``(H, W)`` of positive ints with, when ``n`` is given, ``H·W == n`` (tokens in raster order);
+    ValueError starting with ``who`` otherwise."""
+    import operator
+
+    try:
+        h, w = grid
+        h, w = operator.index(h), operator.index(w)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}")
+    if n is not None and h * w != n:
+        raise ValueError(f"{who}: grid {h}x{w} has {h * w} tokens but the input has N = {n} tokens "
+                         f"(tokens must be the H·W grid in raster order)")
+    return h, w
+
+
+def iter_json_lines(text: str, error: Callable[[int, ValueError], Exception]) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` for each non-blank line of JSON-lines ``text``; a line that is not JSON raises
+    ``error(line number, the JSON error)`` (each reader names its file and raises its own exception type)."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise error(n, e) from None
+        yield n, obj
 
 
 # --------------------------------------------------------------------------------------------------
