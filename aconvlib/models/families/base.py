@@ -42,8 +42,10 @@ class DenoiserFamily:
         return type(denoiser).__name__ in self.class_names
 
     def model_class(self):
-        """The diffusers class used to load this family's denoisers."""
-        raise NotImplementedError
+        """The diffusers class used to load this family's denoisers (the first of :attr:`class_names`)."""
+        import diffusers
+
+        return getattr(diffusers, self.class_names[0])
 
     def kind(self, denoiser) -> str:
         """Which published model the architecture follows, for per-model tables (``"sd15"``, ``"sdxl"``, ``"pixart"``)."""
