@@ -285,3 +285,36 @@ def test_no_module_is_over_600_lines():
     """One concept per module (timm's rule of thumb): a module past ~600 lines is split by concern."""
     long = {str(p.relative_to(PKG)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 600}
     assert not long, f"split these modules by concern: {long}"
+
+
+# --------------------------------------------------------------------------------------------------
+# No block of six or more lines written twice inside aconvlib/ (whitespace, blank and comment lines ignored;
+# a window needs four lines that are not closing brackets, imports or decorators to count)
+# --------------------------------------------------------------------------------------------------
+
+_TRIVIAL_LINE = re.compile(r'^(\)|\]|\}|\),|\],|\},|"""|else:|try:|return|pass|import .*|from .* import .*|@.*)$')
+
+
+def _repeated_blocks(paths, size: int = 6) -> list[str]:
+    seen: dict[tuple, list[str]] = {}
+    for p in paths:
+        lines = [(n, t.strip()) for n, t in enumerate(p.read_text().splitlines(), 1)
+                 if t.strip() and not t.strip().startswith("#")]
+        for i in range(len(lines) - size + 1):
+            window = tuple(t for _, t in lines[i:i + size])
+            if sum(not _TRIVIAL_LINE.match(t) for t in window) >= 4:
+                seen.setdefault(window, []).append(f"{p.name}:{lines[i][0]}")
+    return [" ~ ".join(places) for places in seen.values() if len(places) > 1]
+
+
+def test_no_block_of_six_lines_is_written_twice():
+    repeated = _repeated_blocks(MODULES)
+    assert not repeated, f"the same six or more lines in two places (make it one function): {repeated}"
+
+
+def test_the_repeated_block_check_can_fail(tmp_path):
+    body = "def f(a):\n    x = a + 1\n    y = x * 2\n    z = y - 3\n    w = z / 4\n    v = w ** 2\n    return v\n"
+    (tmp_path / "a.py").write_text(body)
+    (tmp_path / "b.py").write_text(body.replace("def f", "def g"))
+    found = _repeated_blocks([tmp_path / "a.py", tmp_path / "b.py"])
+    assert found == ["a.py:2 ~ b.py:2"], found
