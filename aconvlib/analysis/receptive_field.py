@@ -30,7 +30,8 @@ is averaged over positions before the ERF is read, as chapter 5 averages over qu
 Known fields (tested): a depthwise K×K convolution with positive weights has its gradient exactly on the
 K×K window, so ``ASM(K) = 1`` and, for uniform weights and K ≤ 17, ERF = K (the (K−2)² inner window
 holds (K−2)²/K² < 80%); the identity has ERF 1; a global average has a uniform map, so on an odd G×G
-grid its ERF from the centre is G, the whole grid.
+grid its ERF from the centre is the smallest odd K with K² ≥ 0.8·G²: the whole grid G for G ≤ 17, less beyond
+(31 on 33×33).
 """
 from __future__ import annotations
 
