@@ -10,6 +10,8 @@
   ``restore_attention``, ``mixer_applied``);
 - :mod:`~aconvlib.mixers.variants`: the comparison's methods (:class:`Method`) and the one context manager that
   mounts one on a pipeline (:func:`mounted`);
+- :mod:`~aconvlib.mixers.official`: the authors' released ΔConv students (their file format) in a stock pipeline
+  (``load_official``);
 - FLOP counts (:mod:`~aconvlib.mixers.flops`) and timing one module call (:mod:`~aconvlib.mixers.timing`).
 
 One name per concept: the generic ``*_mixer`` functions take the kind (``to_mixer(pipe, "deltaconv")``).
@@ -23,13 +25,14 @@ from .convert import (LINEAR_INITS, MIXERS, TRAINABLE_KINDS, MixerAdapter, Mixer
 from .deltaconv import DeltaConvBlock, receptive_field, stage_grid
 from .linear_attention import GeneralizedLinearAttention
 from .neighborhood import NeighborhoodAttnProcessor, natten_available, neighborhood_attention, neighborhood_mask
+from .official import BaseModelMismatchError, OfficialCheckpointError, load_official
 from .variants import Method, mounted
 from .window_attention import WindowAttention
 
-__all__ = ["DeltaConvBlock", "GeneralizedLinearAttention", "LINEAR_INITS", "MIXERS", "Method", "MixerAdapter",
+__all__ = ["BaseModelMismatchError", "DeltaConvBlock", "GeneralizedLinearAttention", "LINEAR_INITS", "MIXERS", "Method", "MixerAdapter",
            "MixerSelfAttention", "NeighborhoodAttnProcessor", "NoAttention", "TRAINABLE_KINDS", "UniformAttention",
            "WindowAttention", "build_mixer_adapter", "get_adapter", "latent_size", "load_mixer", "mixer_adapter_class",
-           "mixer_applied", "mixer_layers", "mounted", "natten_available", "neighborhood_attention",
+           "load_official", "mixer_applied", "mixer_layers", "mounted", "OfficialCheckpointError", "natten_available", "neighborhood_attention",
            "neighborhood_mask", "receptive_field", "resolve_kernel_sizes", "restore_attention", "save_mixer",
            "stage_grid", "to_mixer"]
 
