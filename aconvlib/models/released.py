@@ -33,7 +33,7 @@ Facts, from their code (GitHub IrisRainbowNeko/ConvFusion; see /work/shared/refe
 Unknown here (the files cannot be downloaded on this machine; every form their loader can read is accepted):
 
 * **What the U-Net files hold.** The listed sizes (SD1.5 1.26 GB, SDXL 1.53 GB) are far above their ΔConv weights
-  in float32 (SD1.5 25.4 M parameters = 0.10 GB, SDXL 211 M = 0.84 GB) and below a whole U-Net: the files also
+  in float32 (SD1.5 25.4 M parameters = 0.10 GB, SDXL 211 M = 0.85 GB) and below a whole U-Net: the files also
   carry other tensors of the denoiser. Their loader would copy every such tensor into the base denoiser, so
   ``load_official`` does the same (``load_base=True``) after checking each one's name and shape.
 * **Key prefix.** Their loader reads un-prefixed keys (and ``base:``/``base_ema:`` nesting); a file saved from the
