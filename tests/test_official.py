@@ -355,3 +355,15 @@ def test_is_official_source():
     assert is_official_source("7eu7d7/ConvFusion") and is_official_source("convfusion-sd15-mjv5")
     assert is_official_source("x/ConvFusion-sdxl-mjv5.safetensors") and is_official_source("a.ckpt")
     assert not is_official_source("runs/my-adapter") and not is_official_source(None)
+
+
+def test_fixture_repo_has_the_released_file_names(fixture_hub):
+    """The ConvFusion fixture: the hub listing's files (less the one whose shapes are not known), each loadable."""
+    from huggingface_hub import scan_cache_dir
+
+    from aconvlib.models import RELEASED_CHECKPOINTS
+
+    repo = next(r for r in scan_cache_dir(fixture_hub).repos if r.repo_id == "7eu7d7/ConvFusion")
+    files = {f.file_name for rev in repo.revisions for f in rev.files}
+    assert files == {".gitattributes"} | {c.filename for c in RELEASED_CHECKPOINTS.values()} - {
+        "ConvFusion-pixart1024-laion.safetensors"}

@@ -215,7 +215,8 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
             with mounted(pipe, method, adapter=location):
                 images[method] = _generate(pipe, texts, **kw)
             seconds[method] = round((time.perf_counter() - t0) / len(texts), 3)
-        row = dict(model=m, teacher=teacher, adapter=location or "none", prompts=len(texts), size=f"{h}x{w}",
+        shown = student.official.name if student.official is not None and location else location
+        row = dict(model=m, teacher=teacher, adapter=shown or "none", prompts=len(texts), size=f"{h}x{w}",
                    steps=steps, teacher_s_per_image=seconds[TEACHER])
         if location is not None:
             row["student_s_per_image"] = seconds[STUDENT]

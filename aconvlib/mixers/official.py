@@ -218,7 +218,10 @@ def map_official_state(denoiser, state: dict, *, scales=None, source: str = "che
     settings = dict(OFFICIAL_SETTINGS[kind])
     layers = self_attention_layers(den)
     by_prefix = {official_block_prefix(l.name) + ".": l for l in layers}
-    official_k = resolve_kernel_sizes(den, "official", layers)
+    try:
+        official_k = resolve_kernel_sizes(den, "official", layers)
+    except ValueError:   # a layout the authors never released (no default to compare with)
+        official_k = {}
     own = {k: tuple(v.shape) for k, v in den.state_dict().items()
            if not any(k.startswith(l.name + ".") for l in layers)}
     blocks: dict[str, dict] = {p: {} for p in by_prefix}
@@ -270,7 +273,7 @@ def map_official_state(denoiser, state: dict, *, scales=None, source: str = "che
                 else:
                     tensors[f"blocks.{_key(l.name)}.{rule.ours.format(s=s)}"] = t
         leftover += [prefix + n for n in got if n not in seen and n not in rules]
-        if k_size != official_k[l.name]:
+        if l.name in official_k and k_size != official_k[l.name]:
             notes.append(f"{l.name}: K={k_size} (authors' default {official_k[l.name]})")
         specs.append({"name": l.name, "channels": l.channels, "kernel_size": k_size, "level": l.level})
     problems = [f"{len(x)} {what}: {_names(x)}" for x, what in ((missing, "missing"), (leftover, "left over"),

@@ -123,7 +123,8 @@ class ReleasedCheckpoint:
         filename: the file in the hub repository.
         base: hub id of the denoiser the student was distilled from (its frozen weights).
         base_pipeline: what to load for a pipeline with that denoiser (a registry name or a hub id).
-        data: distillation data: ``"mjv5"`` (midjourney-v5, their training configs) or ``"laion"``.
+        data: ``"mjv5"`` (distilled on midjourney-v5, as their training configs do) or ``"laion"`` (by its name, after
+            the paper's fine-tuning on 4K LAION images; not in the released configs).
         size: the size the hub lists.
         licence: see the module docstring.
     """
