@@ -348,9 +348,10 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
         except MissingWeightsError as e:
             rep.lines.append(f"{m}: weights not available here, skipped ({str(e).splitlines()[0]})")
             continue
-        if teacher != m:
-            rep.lines.append(f"{m}: every row runs on {teacher}, the base of {student.why}: the student's own "
-                             "teacher (window attention and NA on its weights too).")
+        if student.official is not None and student.location:
+            rep.lines.append(f"{m}: the ΔConv row is {student.why}" + (
+                f"; every row runs on {teacher}, its base and teacher (window attention and NA on its weights too)."
+                if teacher != m else "."))
         k = int(per_model(na_kernel, m))
         win = int(per_model(window, m)) if window is not None else k * k
         kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)

@@ -42,18 +42,16 @@ def _official_kernel(den, layer) -> int:
     return table if isinstance(table, int) else table[(fam.layer_part(layer.name), layer.level)]
 
 
-def _student_tensors(model: str, seed_key: str) -> dict:
+def _student_tensors(model: str, seed_key: str, seeded) -> dict:
     import diffusers
     import torch
-
-    from .hub_fixtures import _seeded
 
     cfg = fixture_denoiser_config(model)
     with torch.device("meta"):
         den = getattr(diffusers, cfg["_class_name"]).from_config({k: v for k, v in cfg.items()
                                                                    if not k.startswith("_")})
     tensors = {}
-    with _seeded(seed_key):
+    with seeded(seed_key):
         for layer in self_attention_layers(den):
             k = _official_kernel(den, layer)
             prefix = official_block_prefix(layer.name)
@@ -64,15 +62,13 @@ def _student_tensors(model: str, seed_key: str) -> dict:
     return tensors
 
 
-def convfusion_files() -> dict[str, bytes]:
-    """The files of the ``7eu7d7/ConvFusion`` fixture."""
+def convfusion_files(gitattributes: bytes, seeded) -> dict[str, bytes]:
+    """The files of the ``7eu7d7/ConvFusion`` fixture (``seeded(key)``: the builders' per-component seeding)."""
     import safetensors.torch
 
-    from .hub_fixtures import _GITATTRIBUTES
-
-    files = {".gitattributes": _GITATTRIBUTES.encode()}
+    files = {".gitattributes": gitattributes}
     for c in RELEASED_CHECKPOINTS.values():
         if c.filename in _LEFT_OUT:
             continue
-        files[c.filename] = safetensors.torch.save(_student_tensors(c.model, f"convfusion/{c.name}"))
+        files[c.filename] = safetensors.torch.save(_student_tensors(c.model, f"convfusion/{c.name}", seeded))
     return files

@@ -321,7 +321,7 @@ _BUILDERS: dict[str, Callable[[bool], dict[str, bytes]]] = {
     PIXART_512: lambda variants: _pixart_512_files(),
     PIXART_BASE: lambda variants: _pixart_pipeline_files(PIXART_BASE),
     DREAMSHAPER: lambda variants: _sd15_files(False, DREAMSHAPER, "dreamshaper-unet"),
-    CONVFUSION: lambda variants: convfusion_files(),
+    CONVFUSION: lambda variants: convfusion_files(_GITATTRIBUTES.encode(), _seeded),
 }
 _HAS_VARIANTS = {SD15, SDXL}  # the published PixArt-Sigma repos ship no fp16 variant files
 
