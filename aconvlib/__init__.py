@@ -28,6 +28,7 @@ _LAZY = {
     "to_deltaconv": "mixers.convert",
     "save_deltaconv": "mixers.convert",
     "load_deltaconv": "mixers.convert",
+    "load_official": "mixers.official",
     "neighborhood_attention": "mixers",
     "distill_model": "training",
 }

@@ -63,13 +63,38 @@ def on_cpu(cmd: str) -> list[str]:
     return args
 
 
-def test_gpu_section_downloads_every_checkpoint_the_registry_needs():
-    from aconvlib.models import list_models
+def _downloads() -> list[list[str]]:
+    return [c.split()[2:] for b in fenced_blocks(gpu_section()) for c in b if c.startswith("huggingface-cli download")]
 
-    downloads = {c.split()[2] for b in fenced_blocks(gpu_section()) for c in b if c.startswith("huggingface-cli download")}
+
+def test_gpu_section_downloads_every_checkpoint_the_registry_needs():
+    from aconvlib.book.runner import load_profile
+    from aconvlib.models import list_models, released_for
+
+    downloads = {d[0] for d in _downloads()}
     needed = {r for s in list_models() if not s.embedded for r in (s.hub_id, s.components_from) if r}
+    # the authors' students that chapters 07/08 use under `full`, and the bases they were distilled from
+    real = {m for ch in ("07_distillation", "08_comparison") for m in load_profile("full", ch)["real_models"]}
+    students = [released_for(m) for m in sorted(real)]
+    needed |= {c.hub_id for c in students} | {c.base for c in students}
     assert downloads == needed
+    files = {f for d in _downloads() if d[0] == students[0].hub_id for f in d[1:]}
+    assert files == {c.filename for c in students}
     assert "-p model=" not in gpu_section() and "-p model " not in gpu_section()
+
+
+def test_gpu_section_downloads_run_as_written_against_the_fixture_cache(hub_root):
+    """Every download line, with `hf download` (huggingface_hub >= 1's name of `huggingface-cli download`), offline
+    against the fixture cache: every repo and file it names exists in the published layouts."""
+    from aconvlib.testing.hub_fixtures import hub_cache_dir
+
+    hf = Path(sys.executable).with_name("hf")
+    if not hf.exists():
+        pytest.skip("no `hf` command next to this Python")
+    env = dict(os.environ, HF_HOME=str(hub_root), HF_HUB_CACHE=str(hub_cache_dir(hub_root)), HF_HUB_OFFLINE="1")
+    for args in _downloads():
+        res = subprocess.run([str(hf), "download", *args], env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (args, res.stdout[-2000:], res.stderr[-2000:])
 
 
 def test_memory_table_matches_the_estimates(empty_hub):

@@ -286,8 +286,9 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
 
     Per model (skipped with a line when its weights are missing): the stock pipeline (teacher), window attention
     (1-D band of ``window`` keys, default ``na_kernel²``) and NA K×K on the teacher's own weights (training-free),
-    and every distilled student in ``adapters[model]`` (``{"deltaconv" | "linear": folder or hub id}``), all from
-    the same prompts and noise. Metrics: CLIP score against the prompts (:func:`~aconvlib.analysis.metrics.clip_score`)
+    and every distilled student in ``adapters[model]`` (``{"deltaconv" | "linear": folder or hub id}``; without a
+    ``"deltaconv"`` entry the authors' released student when it is cached, and then every row runs on its base:
+    :func:`~aconvlib.book.real_adapters.student_for`), all from the same prompts and noise. Metrics: CLIP score against the prompts (:func:`~aconvlib.analysis.metrics.clip_score`)
     and, when ``reference_dir`` holds reference images, FDD against them; DS needs the reference image paired
     with each prompt (the paper's LAION set), which no profile provides, so it is not computed and the lines say so.
     ``na_kernel`` / ``window``: an int or ``{model: value}``.
@@ -299,7 +300,7 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
     from ..mixers.variants import Method, mounted
     from ..models import MissingWeightsError, get_spec
     from .labels import method_title, variant_label
-    from .real_adapters import _generate, resolve_adapter
+    from .real_adapters import Student, _generate, _load_teacher, resolve_adapter, student_for
     from .studies import default_prompts, load_study_pipeline
 
     rep = RealComparison()
@@ -327,11 +328,19 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
         spec = get_spec(m)
         h, w = height or spec.default_px, width or spec.default_px
         texts = default_prompts(m, n_prompts)
+        student = student_for(m, adapters.get(m, {}).get(Method.DELTACONV.value), adapter_base)
         try:
-            pipe = load_study_pipeline(m, device, dtype)
+            pipe, teacher = _load_teacher(m, student, device, dtype, rep.lines)
+            if pipe is None:
+                student = Student(None, f"{student.why}, but its base {student.pipeline} is not cached", m)
+                pipe, teacher = load_study_pipeline(m, device, dtype), m
         except MissingWeightsError as e:
             rep.lines.append(f"{m}: weights not available here, skipped ({str(e).splitlines()[0]})")
             continue
+        if student.official is not None and student.location:
+            rep.lines.append(f"{m}: the ΔConv row is {student.why}" + (
+                f"; every row runs on {teacher}, its base and teacher (window attention and NA on its weights too)."
+                if teacher != m else "."))
         k = int(per_model(na_kernel, m))
         win = int(per_model(window, m)) if window is not None else k * k
         kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)
@@ -339,11 +348,13 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
                                                                                                     "mode": "1d"}), None),
                     (Variant(Method.NA, kernel=k), None)]
         for method in (Method.DELTACONV, Method.LINEAR):
-            loc, why = resolve_adapter(adapters.get(m, {}).get(method.value), adapter_base)
+            loc, why = ((student.location, student.why) if method is Method.DELTACONV
+                        else resolve_adapter(adapters.get(m, {}).get(method.value), adapter_base))
             if loc is None:
                 rep.lines.append(f"{m}: no distilled {method_title(method)} adapter ({why}); its row is not measured. "
-                                 f"None is published; distill one with aconvlib.training.distill "
-                                 f"(mixer={method.value!r}).")
+                                 + ("Download the authors' released student (README, GPU section) or distill one"
+                                    if method is Method.DELTACONV else "None is published; distill one")
+                                 + f" with aconvlib.training.distill (mixer={method.value!r}).")
             else:
                 variants.append((Variant(method, student="given"), loc))
         rep.images[m], rep.prompts[m] = {}, texts
@@ -356,6 +367,8 @@ def real_comparison(models: Sequence[str], adapters: Optional[Mapping[str, Mappi
             rep.images[m][label] = imgs
             row = {"model": m, "variant": label, "prompts": len(texts), "size": f"{h}x{w}", "steps": steps,
                    "s_per_image": round(seconds, 3)}
+            if teacher != m:
+                row["base"] = teacher
             row["CLIP"] = _metric(clip_score, "CLIP", missing, list(imgs), texts, device=device)
             if reference is not None and len(imgs) >= 2:
                 row["FDD"] = _metric(fdd, "DINOv2", missing, list(imgs), reference, device=device)

@@ -1,10 +1,13 @@
-"""Chapter 7 on the real models: teacher samples, and the distilled ΔConv student where an adapter exists.
+"""Chapter 7 on the real models: teacher samples, and the distilled ΔConv student where one exists.
 
-The embedded models ship their distilled adapters; the real ones (SD1.5, SDXL, PixArt-Σ) have none in this
-repository. :func:`evaluate_real_adapters` takes a mapping ``model → adapter`` (a local folder written by
-``save_deltaconv`` or a hub id) and, per model, generates from the same prompts and noise with the stock
-pipeline (the teacher) and, when the adapter is there, with the ΔConv student; it says plainly which models
-have no adapter and shows what it can measure on them (the teacher's samples and timing).
+The embedded models ship their distilled adapters; for the real ones (SD1.5, SDXL, PixArt-Σ) the authors released
+their students (``7eu7d7/ConvFusion``, :mod:`aconvlib.models.released`). :func:`evaluate_real_adapters` takes a
+mapping ``model → adapter`` (a local folder written by ``save_deltaconv``, a hub id, or a file in the authors' format
+/ a released name); a model the mapping leaves out gets the authors' ``mjv5`` student when that file is in the
+Hugging Face cache (:func:`student_for`; ``"none"`` opts out). Per model it generates from the same prompts and
+noise with the student's teacher — the stock pipeline, or for a released student the model it was distilled from
+(DreamShaper for SD1.5) — and with the ΔConv student; it says plainly which models have no student and shows what it
+can measure on them (the teacher's samples and timing).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import numpy as np
 from ..mixers.variants import Method
 from .tables import RowsReport
 
-__all__ = ["RealAdapterReport", "STUDENT", "TEACHER", "evaluate_real_adapters", "resolve_adapter"]
+__all__ = ["RealAdapterReport", "STUDENT", "Student", "TEACHER", "evaluate_real_adapters", "resolve_adapter",
+           "student_for"]
 
 #: the two rows of the report (keys of ``images[model]``); their labels are made by :meth:`RealAdapterReport.plot`
 TEACHER, STUDENT = Method.TEACHER, Method.DELTACONV
@@ -69,6 +73,55 @@ def resolve_adapter(value, base: Optional[Path] = None) -> tuple[Optional[str], 
     return None, f"no adapter at {p} (no config.json)"
 
 
+@dataclass
+class Student:
+    """Where a model's ΔConv student comes from: ``location`` (None: no student), ``why`` (what was looked for),
+    ``official`` (the released entry when it is one of the authors' students), ``pipeline`` (what to load as its
+    teacher: the model itself, or the released student's base)."""
+
+    location: Optional[str]
+    why: str
+    pipeline: str
+    official: object = None
+
+
+def student_for(model: str, value=None, base: Optional[Path] = None, data: str = "mjv5") -> Student:
+    """The ΔConv student of registry ``model``: ``value`` as :func:`resolve_adapter` reads it, or a file in the
+    authors' format / released name; ``value`` None: the authors' released ``data`` student when its file is in the
+    Hugging Face cache (nothing is downloaded); ``"none"``: no student."""
+    from ..mixers.official import is_official_source, resolve_official_source
+    from ..models.released import released_checkpoint, released_for, released_path
+
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return Student(None, "real_adapters says none", model)
+    if value in (None, ""):
+        ckpt = released_for(model, data)
+        if ckpt is None:
+            return Student(None, "no adapter given, and the authors released no student of this model", model)
+        path = released_path(ckpt)
+        if path is None:
+            return Student(None, f"no adapter given; the authors' {ckpt.name} is not in the Hugging Face cache "
+                                 f"(huggingface-cli download {ckpt.hub_id} {ckpt.filename})", model)
+        return Student(path, f"the authors' released {ckpt.name} ({ckpt.source}, distilled from {ckpt.base})",
+                       ckpt.base_pipeline, ckpt)
+    local = Path(os.path.expanduser(str(value)))
+    if not local.is_absolute() and base is not None and (Path(base) / local).exists():
+        local = Path(base) / local
+    if is_official_source(value) and not (local / "config.json").is_file():
+        try:
+            path, ckpt = resolve_official_source(str(local) if local.exists() else str(value), local_files_only=True)
+        except Exception as err:  # noqa: BLE001 - not cached / no such file: "not here", with the reason
+            return Student(None, f"{value}: {str(err).splitlines()[0]}", model)
+        if ckpt is None:
+            try:
+                ckpt = released_checkpoint(str(value))
+            except KeyError:
+                pass
+        return Student(path, f"{value} (the authors' format)", ckpt.base_pipeline if ckpt else model, ckpt)
+    location, why = resolve_adapter(value, base)
+    return Student(location, why, model)
+
+
 def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batch_size) -> np.ndarray:
     import torch
 
@@ -86,6 +139,22 @@ def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batc
 def _rmse(a: np.ndarray, b: np.ndarray) -> float:
     """Pixel RMSE in [0, 1] units of two uint8 image stacks."""
     return float(np.sqrt((((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2).mean()))
+
+
+def _load_teacher(model: str, student: Student, device, dtype, lines: list):
+    """``(pipeline, its name)`` of the student's teacher; ``(None, None)`` when a released student's base is not
+    here (a line says so; the caller then runs the model's own pipeline without the student)."""
+    from ..models import MissingWeightsError
+    from .studies import load_study_pipeline
+
+    if student.pipeline == model:
+        return load_study_pipeline(model, device, dtype), model
+    try:
+        return load_study_pipeline(student.pipeline, device, dtype), student.pipeline
+    except MissingWeightsError as err:
+        lines.append(f"{model}: {student.why} is in the cache, but its base {student.pipeline} is not "
+                     f"({str(err).splitlines()[0][:160]}); its student is not evaluated.")
+        return None, None
 
 
 def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str, str]] = None, *, n_prompts: int = 4,
@@ -121,8 +190,12 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
         spec = get_spec(m)
         h, w = height or spec.default_px, width or spec.default_px
         texts = list(prompts) if prompts is not None else default_prompts(m, n_prompts)
-        location, why = resolve_adapter(adapters.get(m), adapter_base)
-        pipe = load_study_pipeline(m, device, dtype)
+        student = student_for(m, adapters.get(m), adapter_base)
+        location, why = student.location, student.why
+        pipe, teacher = _load_teacher(m, student, device, dtype, report.lines)
+        if pipe is None:
+            location, teacher, why = None, m, f"{why}, but its base {student.pipeline} is not cached"
+            pipe = load_study_pipeline(m, device, dtype)
         kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)
         images, seconds = {}, {}
         for method in (TEACHER, STUDENT) if location is not None else (TEACHER,):
@@ -130,16 +203,17 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
             with mounted(pipe, method, adapter=location):
                 images[method] = _generate(pipe, texts, **kw)
             seconds[method] = round((time.perf_counter() - t0) / len(texts), 3)
-        row = dict(model=m, adapter=location or "none", prompts=len(texts), size=f"{h}x{w}", steps=steps,
-                   teacher_s_per_image=seconds[TEACHER])
+        shown = student.official.name if student.official is not None and location else location
+        row = dict(model=m, teacher=teacher, adapter=shown or "none", prompts=len(texts), size=f"{h}x{w}",
+                   steps=steps, teacher_s_per_image=seconds[TEACHER])
         if location is not None:
             row["student_s_per_image"] = seconds[STUDENT]
             row["rmse_student_vs_teacher"] = _rmse(images[STUDENT], images[TEACHER])
-            report.lines.append(f"{m}: ΔConv student from {why} evaluated against its teacher on {len(texts)} prompt(s), "
-                                f"same noise, {h}x{w} px, {steps} steps.")
+            report.lines.append(f"{m}: ΔConv student from {why} evaluated against its teacher ({teacher}) on "
+                                f"{len(texts)} prompt(s), same noise, {h}x{w} px, {steps} steps.")
         else:
-            report.lines.append(f"{m}: no distilled ΔConv adapter available ({why}); shown: the teacher's samples only. "
-                                f"The paper's Table 3 students are not published; distill one with "
+            report.lines.append(f"{m}: no distilled ΔConv student available ({why}); shown: the teacher's samples only. "
+                                f"Download the authors' (README, GPU section) or distill one with "
                                 f"aconvlib.training.distill and pass real_adapters={{{m}: <folder or hub id>}}.")
         if len(texts) > 1:
             row["rmse_teacher_vs_other_prompt"] = _rmse(images[TEACHER], np.roll(images[TEACHER], 1, axis=0))

@@ -40,7 +40,19 @@ def report() -> dict:
         rows.append({"model": s.name, "cached": cached, "est_gib": est,
                      "fits": cached and est < out["device"]["available_gib"]})
     out["models"] = rows
+    out["released"] = released_rows()
     return out
+
+
+def released_rows() -> list[dict]:
+    """The authors' released ΔConv students (:data:`aconvlib.models.RELEASED_CHECKPOINTS`): in the cache or not,
+    and whether their base (the model each was distilled from) is."""
+    from ..models import RELEASED_CHECKPOINTS
+    from ..models.registry import _not_in_cache
+    from ..models.released import released_path
+
+    return [{"name": c.name, "model": c.model, "file": c.source, "cached": released_path(c) is not None,
+             "base": c.base, "base_cached": not _not_in_cache(c.base)} for c in RELEASED_CHECKPOINTS.values()]
 
 
 def _doctor(args) -> None:
@@ -52,6 +64,10 @@ def _doctor(args) -> None:
     for m in r["models"]:
         print(f"{m['model']:<20} {'yes' if m['cached'] else 'no':<13} {m['est_gib']:>24.1f}  "
               f"{'yes' if m['fits'] else 'no'}")
+    print("the authors' released ΔConv students (load_official; chapters 07/08 use the mjv5 ones when cached):")
+    for c in r["released"]:
+        print(f"  {c['name']:<28} {'yes' if c['cached'] else 'no':<4} base {c['base']} "
+              f"({'cached' if c['base_cached'] else 'not cached'})")
     try:
         from ..book.runner import load_profile, select_chapters
 

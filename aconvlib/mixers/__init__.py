@@ -10,6 +10,8 @@
   ``restore_attention``, ``mixer_applied``);
 - :mod:`~aconvlib.mixers.variants`: the comparison's methods (:class:`Method`) and the one context manager that
   mounts one on a pipeline (:func:`mounted`);
+- :mod:`~aconvlib.mixers.official`: the authors' released ΔConv students (their file format) in a stock pipeline
+  (``load_official``);
 - FLOP counts (:mod:`~aconvlib.mixers.flops`) and timing one module call (:mod:`~aconvlib.mixers.timing`).
 
 One name per concept: the generic ``*_mixer`` functions take the kind (``to_mixer(pipe, "deltaconv")``).
@@ -23,14 +25,15 @@ from .convert import (LINEAR_INITS, MIXERS, TRAINABLE_KINDS, MixerAdapter, Mixer
 from .deltaconv import DeltaConvBlock, stage_gradient_maps, stage_grid
 from .linear_attention import GeneralizedLinearAttention
 from .neighborhood import NeighborhoodAttnProcessor, natten_available, neighborhood_attention, neighborhood_mask
+from .official import BaseModelMismatchError, OfficialCheckpointError, load_official
 from .variants import Method, mounted
 from .window_attention import WindowAttention
 
-__all__ = ["DeltaConvBlock", "GeneralizedLinearAttention", "LINEAR_INITS", "MIXERS", "Method", "MixerAdapter",
+__all__ = ["BaseModelMismatchError", "DeltaConvBlock", "GeneralizedLinearAttention", "LINEAR_INITS", "MIXERS", "Method", "MixerAdapter",
            "MixerSelfAttention", "NeighborhoodAttnProcessor", "NoAttention", "TRAINABLE_KINDS", "UniformAttention",
            "WindowAttention", "build_mixer_adapter", "get_adapter", "latent_size", "load_mixer", "mixer_adapter_class",
-           "mixer_applied", "mixer_layers", "mounted", "natten_available", "neighborhood_attention",
-           "neighborhood_mask", "resolve_kernel_sizes", "restore_attention", "save_mixer",
+           "load_official", "mixer_applied", "mixer_layers", "mounted", "OfficialCheckpointError", "natten_available",
+           "neighborhood_attention", "neighborhood_mask", "resolve_kernel_sizes", "restore_attention", "save_mixer",
            "stage_gradient_maps", "stage_grid", "to_mixer"]
 
 #: the top-level API's ΔConv shortcuts (defined in :mod:`.convert`), resolved here without a warning

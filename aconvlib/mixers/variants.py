@@ -46,7 +46,9 @@ def mounted(pipe, method, *, kernel: Optional[int] = None, adapter=None, **optio
     ``TEACHER``: nothing changes. ``NA``: K×K neighborhood attention (``kernel``), a processor swap.
     ``WINDOW``, ``NONE``, ``UNIFORM``: training-free mixers on the teacher's own weights (``options``, e.g.
     ``window=49, mode="1d"``). ``DELTACONV``, ``LINEAR``: the saved ``adapter`` (folder or hub id) of that kind,
-    the originals kept aside. On exit the stock model is back.
+    the originals kept aside; for ``DELTACONV`` also one of the authors' released students (a file in their format,
+    a released name or ``7eu7d7/ConvFusion``: :func:`~aconvlib.mixers.official.load_official`, ``options`` going
+    to it). On exit the stock model is back.
     """
     from .convert import load_mixer, mixer_applied, restore_attention
     from .neighborhood import neighborhood_attention
@@ -62,8 +64,13 @@ def mounted(pipe, method, *, kernel: Optional[int] = None, adapter=None, **optio
     elif method.trained:
         if adapter is None:
             raise ValueError(f"a {method.value} student needs adapter=<saved adapter folder or hub id>")
-        load_mixer(pipe, str(Path(adapter)) if isinstance(adapter, Path) else adapter, kind=method.value,
-                   keep_original=True)
+        from .official import is_official_source, load_official
+
+        if method is Method.DELTACONV and is_official_source(adapter):
+            load_official(pipe, str(adapter), keep_original=True, **options)
+        else:
+            load_mixer(pipe, str(Path(adapter)) if isinstance(adapter, Path) else adapter, kind=method.value,
+                       keep_original=True)
         try:
             yield pipe
         finally:

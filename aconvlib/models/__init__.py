@@ -25,6 +25,7 @@ from .registry import (
     register_model,
     weights_source,
 )
+from .released import RELEASED_CHECKPOINTS, ReleasedCheckpoint, released_checkpoint, released_for
 from .resources import config_dir, data_dir, models_dir, paper_table
 from .tracker import LatentTracker
 
@@ -34,5 +35,5 @@ __all__ = [
     "UnsupportedPipelineError",
     "config_dir", "data_dir", "default_latent_hw", "denoise", "family_of", "get_denoiser", "get_family", "get_spec",
     "list_models", "load_denoiser", "load_pipeline", "lookup_spec", "models_dir", "paper_table", "register_family", "register_model",
-    "self_attention_layers", "supported_classes", "text_conditioning", "unet_level_grids", "weights_source",
+    "RELEASED_CHECKPOINTS", "ReleasedCheckpoint", "released_checkpoint", "released_for", "self_attention_layers", "supported_classes", "text_conditioning", "unet_level_grids", "weights_source",
 ]

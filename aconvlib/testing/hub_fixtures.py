@@ -8,7 +8,9 @@ the layout ``huggingface_hub`` itself writes) holding tiny, deterministic, rando
 * ``PixArt-alpha/PixArt-Sigma-XL-2-1024-MS`` (full PixArtSigmaPipeline),
 * ``PixArt-alpha/PixArt-Sigma-XL-2-512-MS`` (``transformer/`` only, no ``model_index.json``, as published),
 * ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers`` (where the 512 model's usage takes VAE, T5, tokenizer and
-  scheduler from).
+  scheduler from),
+* ``7eu7d7/ConvFusion`` (the authors' released ΔConv students, their file format, for the fixture denoisers) and
+  ``Lykon/DreamShaper`` (the SD1.5 student's base): see :mod:`._fixture_official`.
 
 Every repo has the published component classes, config keys and file names; only widths and depths shrink (each
 shrunk value is marked ``# shrunk: <published value>`` in its config below). Cross-attention / caption widths
@@ -56,6 +58,7 @@ from ..utils import atomic_path
 from ._fixture_configs import (_clip_bigg_config, _clip_l_config, _dpm_config, _euler_config, _feature_extractor_config,
                                _pixart_transformer_config, _pndm_config, _safety_checker_config, _sd15_unet_config,
                                _sdxl_unet_config, _t5_config, _vae_config)
+from ._fixture_official import CONVFUSION, DREAMSHAPER, convfusion_files
 from ._fixture_tokenizers import _clip_tokenizer_files, _t5_tokenizer_files
 
 __all__ = ["FIXTURE_REPOS", "BUILDER_VERSION", "build_hub_cache", "offline_hub", "hub_cache_dir"]
@@ -70,7 +73,7 @@ PIXART_512 = "PixArt-alpha/PixArt-Sigma-XL-2-512-MS"
 PIXART_BASE = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"
 
 #: The hub ids :func:`build_hub_cache` builds (all of them by default).
-FIXTURE_REPOS: tuple[str, ...] = (SD15, SDXL, PIXART_1024, PIXART_512, PIXART_BASE)
+FIXTURE_REPOS: tuple[str, ...] = (SD15, SDXL, PIXART_1024, PIXART_512, PIXART_BASE, DREAMSHAPER, CONVFUSION)
 
 _MARKER_DIR = ".aconv-hub-fixtures"  # under root, beside hub/: one JSON per built repo
 
@@ -224,10 +227,10 @@ def _readme(repo_id: str, license_: str, library: str = "diffusers") -> bytes:
             ).encode()
 
 
-def _sd15_files(variants: bool) -> dict[str, bytes]:
+def _sd15_files(variants: bool, repo_id: str = SD15, unet_seed: str = "sd15-unet") -> dict[str, bytes]:
     files = {
         ".gitattributes": _GITATTRIBUTES.encode(),
-        "README.md": _readme(SD15, "creativeml-openrail-m"),
+        "README.md": _readme(repo_id, "creativeml-openrail-m"),
         "model_index.json": _json_bytes({
             "_class_name": "StableDiffusionPipeline",
             "_diffusers_version": "0.6.0",
@@ -246,7 +249,7 @@ def _sd15_files(variants: bool) -> dict[str, bytes]:
     files.update(_transformers_component("text_encoder", _clip_l_config(False), "CLIPTextModel", "clip-l", variants))
     files.update(_transformers_component("safety_checker", _safety_checker_config(), "StableDiffusionSafetyChecker",
                                          "sd-safety-checker", variants, post_init=_safety_checker_init))
-    files.update(_diffusers_component("unet", _sd15_unet_config(), "sd15-unet", variants))
+    files.update(_diffusers_component("unet", _sd15_unet_config(), unet_seed, variants))
     files.update(_diffusers_component("vae", _vae_config(False), "sd-vae", variants))
     return files
 
@@ -317,6 +320,8 @@ _BUILDERS: dict[str, Callable[[bool], dict[str, bytes]]] = {
     PIXART_1024: lambda variants: _pixart_pipeline_files(PIXART_1024),
     PIXART_512: lambda variants: _pixart_512_files(),
     PIXART_BASE: lambda variants: _pixart_pipeline_files(PIXART_BASE),
+    DREAMSHAPER: lambda variants: _sd15_files(False, DREAMSHAPER, "dreamshaper-unet"),
+    CONVFUSION: lambda variants: convfusion_files(_GITATTRIBUTES.encode(), _seeded),
 }
 _HAS_VARIANTS = {SD15, SDXL}  # the published PixArt-Sigma repos ship no fp16 variant files
 
