@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
