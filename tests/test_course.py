@@ -26,9 +26,9 @@ def test_collect_and_render_times(tmp_path):
     assert list(doc["chapters"]) == ["00_models", "07_distillation"]
     assert doc["chapters"]["07_distillation"]["kernel_cpu_s"] == 300.0 and doc["machine"]["cpus"] >= 1
     text = times_markdown(doc, {"00_models": "0. Models"})
-    assert "| 0. Models | 30 s | 0.5 → 1.9 |" in text
-    assert "| 07_distillation | 2.8 min | 1.0 → 2.0 | ≈ 50 s (estimate) |" in text   # 20 + 150 / 5 = 50 s
-    assert "**all 2 chapters** | **3.3 min**" in text and "Estimate" in text
+    assert "| 0. Models | 30 s | 40 s | 0.5 → 1.9 |" in text
+    assert "| 07_distillation | 2.8 min | 300 s | 1.0 → 2.0 | ≈ 50 s (estimate) |" in text   # 20 + 150 / 5 = 50 s
+    assert "**all 2 chapters** | **3.3 min** | 340 s |" in text and "Estimate" in text
     (tmp_path / "nothing").mkdir()
     with pytest.raises(FileNotFoundError, match="aconv book --profile full"):
         collect_times(tmp_path / "nothing", "full")
@@ -47,7 +47,7 @@ def test_guide_table_is_written_from_the_timing_file(tmp_path):
     (tmp_path / TIMES_FILE).parent.mkdir(parents=True)
     _sidecar(tmp_path, "00_models", 30.0)
     (tmp_path / TIMES_FILE).write_text(json.dumps(collect_times(tmp_path)))
-    assert "| 00_models | 30 s |" in write_course_times(book, root=tmp_path).read_text()
+    assert "| 00_models | 30 s | — |" in write_course_times(book, root=tmp_path).read_text()
 
 
 def test_committed_timing_file_covers_every_chapter():

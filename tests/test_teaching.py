@@ -168,6 +168,9 @@ def test_a_wrong_computational_solution_fails_the_chapter(tmp_path):
     # 4·16·8² + 4·16²·8 + 4·16² = 4,096 + 8,192 + 1,024 (the hand count of chapter 0's primer)
     execute_chapter(_solution_notebook(tmp_path / "99_right.ipynb", "13_312"), "smoke", out_dir=tmp_path / "out",
                     profiles_path=profiles)
+    stamp = json.loads((tmp_path / "out" / "99_right.records.json").read_text())   # the course guide's timing
+    assert stamp["status"] == "complete" and stamp["executed_s"] > 0 and stamp["run_machine"]["cpus"] >= 1
+    assert stamp["run_machine"]["kernel_cpu_s"] > 0 and "load_1min_start" in stamp["run_machine"]
     with pytest.raises(ChapterError, match=r"99_wrong.*SolutionMismatch: exercise ex-99-1: the solution computes "
                                            r"13312, but the independently derived answer is 13313"):
         execute_chapter(_solution_notebook(tmp_path / "99_wrong.ipynb", "13_313"), "smoke",

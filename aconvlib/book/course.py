@@ -91,18 +91,24 @@ def times_markdown(doc: dict, titles: Optional[dict] = None) -> str:
     lines = [f"Measured with the `{doc['profile']}` profile on {m.get('cpu', 'a CPU')} ({m.get('cpus')} cores, "
              f"{m.get('memory_gib')} GiB; torch {m.get('torch', '?')}), collected {doc['collected'][:10]}. "
              "The load column is the machine's 1-minute load average at the chapter's start and end: above the "
-             "core count, other work shared the CPU and the time is longer than on an idle laptop.", "",
-             "| chapter | CPU, measured | load (start → end) | Colab T4 GPU (**estimate**) |", "|---|---|---|---|"]
+             "core count, other work shared the CPU and the wall time is longer than on an idle laptop. The kernel's "
+             "CPU seconds do not depend on that load: on an idle 2-core machine a chapter takes between half of them "
+             "and all of them, plus a few seconds to start the kernel.", "",
+             "| chapter | CPU, measured (wall) | kernel CPU seconds | load (start → end) | Colab T4 GPU (**estimate**) |",
+             "|---|---|---|---|---|"]
     total = 0.0
     for ch, r in doc["chapters"].items():
         total += r["seconds"]
         load = (f"{r['load_1min_start']:.1f} → {r['load_1min_end']:.1f}" if "load_1min_start" in r else "—")
         name = (titles or {}).get(ch, ch)
         flag = "" if r.get("status") == "complete" else f" ({r.get('status')})"
-        lines.append(f"| {name} | {_fmt(r['seconds'])}{flag} | {load} | ≈ {_fmt(colab_gpu_estimate(r['seconds']))} "
-                     "(estimate) |")
+        cpu = f"{r['kernel_cpu_s']:.0f} s" if "kernel_cpu_s" in r else "—"
+        lines.append(f"| {name} | {_fmt(r['seconds'])}{flag} | {cpu} | {load} | "
+                     f"≈ {_fmt(colab_gpu_estimate(r['seconds']))} (estimate) |")
     est = sum(colab_gpu_estimate(r["seconds"]) for r in doc["chapters"].values())
-    lines += [f"| **all {len(doc['chapters'])} chapters** | **{_fmt(total)}** | | ≈ {_fmt(est)} (estimate) |", "",
+    cpu_total = sum(r.get("kernel_cpu_s", 0.0) for r in doc["chapters"].values())
+    lines += [f"| **all {len(doc['chapters'])} chapters** | **{_fmt(total)}** | {cpu_total:.0f} s | | "
+              f"≈ {_fmt(est)} (estimate) |", "",
               f"*Estimate* (not measured; no GPU run of the smoke profile exists): the first {FIXED_S:.0f} s of a "
               "chapter (kernel, imports, loading the models) as on the CPU, the rest "
               f"{GPU_SPEEDUP:.0f}× faster. The embedded models are tiny (64 px images, grids of at most 32×32 "
