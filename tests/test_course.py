@@ -27,7 +27,7 @@ def test_collect_and_render_times(tmp_path):
     assert doc["chapters"]["07_distillation"]["kernel_cpu_s"] == 300.0 and doc["machine"]["cpus"] >= 1
     text = times_markdown(doc, {"00_models": "0. Models"})
     assert "| 0. Models | 30 s | 40 s | 0.5 → 1.9 |" in text
-    assert "| 07_distillation | 2.8 min | 300 s | 1.0 → 2.0 | ≈ 50 s (estimate) |" in text   # 20 + 150 / 5 = 50 s
+    assert "| 07_distillation | 2.8 min | 300 s | 1.0 → 2.0 | ≈ 76 s (estimate) |" in text   # 20 + 280 / 5 s
     assert "**all 2 chapters** | **3.3 min** | 340 s |" in text and "Estimate" in text
     (tmp_path / "nothing").mkdir()
     with pytest.raises(FileNotFoundError, match="aconv book --profile full"):
