@@ -254,3 +254,28 @@ def test_student_source_strips_every_chapter_and_hides_solutions(tmp_path):
     cfg = yaml.safe_load((src / "_config.yml").read_text())
     assert cfg["sphinx"]["config"]["hide_solutions"] is True
     assert cfg["sphinx"]["extra_extensions"] == ["sphinx_exercise"]
+
+
+def test_the_built_student_edition_of_this_book_has_no_solution_code():
+    """After `aconv book --profile smoke --student` (CI): no line of any solution's code is in the student edition,
+    and each is in the instructor edition."""
+    html, student = ROOT / "book" / "_build" / "html", ROOT / "book" / "_build" / "student"
+    if not (student / "index.html").exists() or not (html / "index.html").exists():
+        pytest.skip("no built editions: `aconv book --profile smoke --student` builds both")
+    import html as html_lib
+
+    def corpus(folder):
+        return html_lib.unescape(re.sub(r"<[^>]+>", "", "\n".join(
+            p.read_text(errors="replace") for p in folder.rglob("*.html"))))
+
+    teacher_text, student_text = corpus(html), corpus(student)
+    elsewhere = "\n".join([_src(c) for p in NOTEBOOKS for c in _cells(p) if SOLUTION_TAG not in _tags(c)]
+                          + [p.read_text() for p in (ROOT / "book").glob("*.md")])
+    probes = [line.strip() for p in NOTEBOOKS for c in _cells(p) if SOLUTION_TAG in _tags(c)
+              and c["cell_type"] == "code" for line in _src(c).splitlines()
+              if len(line.strip()) > 30 and not line.strip().startswith(("from ", "import "))
+              and line.strip() not in elsewhere][:300]
+    assert len(probes) >= 20
+    assert not [l for l in probes if l in student_text], "solution code in the student edition"
+    missing = [l for l in probes if l not in teacher_text]
+    assert len(missing) <= len(probes) // 10, f"solution code missing from the instructor edition: {missing[:5]}"
