@@ -45,7 +45,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 test: $(STAMP)
-	$(BIN)/aconv book --profile smoke
+	$(BIN)/aconv book --profile smoke --student
 	$(BIN)/aconv regress --profile smoke --no-execute
 	$(MAKE) ci-real
 	bash scripts/check_install.sh

@@ -15,10 +15,12 @@ excludes 0, the only case the book calls a difference; missing for the teacher i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["CONTROL_COLUMNS", "controls_table", "format_controls", "live_na_controls", "quality_summary"]
+__all__ = ["CONTROL_COLUMNS", "controls_table", "format_controls", "live_na_controls", "na_image_rows",
+           "quality_summary"]
 
 CONTROL_COLUMNS = ["model", "row", "method", "K", "K/grid", "n", "k", "adherence", "adherence_lo", "adherence_hi",
                    "fdd", "fdd_lo", "fdd_hi", "d_adherence", "d_adherence_lo", "d_adherence_hi", "adherence_difference",
@@ -97,25 +99,91 @@ def format_controls(frame):
 
 
 def live_na_controls(pipe, prompts, na_kernel: int, *, steps: int, guidance_scale: float, seed: int = 0,
-                     n_real: int = 500) -> dict:
+                     n_real: int = 500, return_images: bool = False, store=None, n_images: Optional[int] = None,
+                     write: bool = False) -> dict:
     """Score an embedded model four ways on the same prompts and noise (chapter 5's live Fig. 6 test): its own
     self-attention, NA with ``na_kernel`` in every ``attn1``, no self-attention (``none``) and uniform attention
-    (``uniform``). Returns label → :func:`aconvlib.mini.evaluate.evaluate_model` result (with per-image results);
-    ``pipe`` is restored after each condition."""
+    (``uniform``). Returns label → :func:`aconvlib.mini.evaluate.evaluate_model` result (with per-image results;
+    with ``return_images`` also the images, which :func:`na_image_rows` reuses) and ``source``; ``pipe`` is restored
+    after each condition.
+
+    ``store``: a path prefix of stored evaluations (:mod:`aconvlib.book.stored_evals`), one store per condition,
+    ``<store>-<condition>`` (e.g. ``…/cpu_na_controls/mini-sd-na-k-7``): a condition whose weights, prompts and
+    sampler settings match an entry is read from it, else sampled live (``source`` says which); ``write=True``
+    samples and stores. With a store the results hold the first ``n_images`` images (default: all).
+    """
+    from ..mini import dataset as data
     from ..mini.evaluate import evaluate_model
     from ..mixers.convert import mixer_applied
     from ..mixers.neighborhood import neighborhood_attention
+    from .stored_evals import evaluate_stored
 
-    def score():
-        return evaluate_model(pipe, prompts, steps, guidance_scale, seed, n_real=n_real)
+    prompts = data.prompts(prompts, "heldout") if isinstance(prompts, int) else list(prompts)
 
-    out = {"self-attention": score()}
+    def score(label):
+        if store is None:
+            r = evaluate_model(pipe, prompts, steps, guidance_scale, seed, n_real=n_real, return_images=return_images)
+            return {**r, "source": "live"}
+        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+        return evaluate_stored(pipe, prompts, Path(f"{store}-{slug}"), label=label, write=write,
+                               n_images=len(prompts) if n_images is None else n_images, num_inference_steps=steps,
+                               guidance_scale=guidance_scale, seed=seed, n_real=n_real)
+
+    out = {"self-attention": score("self-attention")}
     with neighborhood_attention(pipe, na_kernel):
-        out[f"NA K={na_kernel}"] = score()
+        out[f"NA K={na_kernel}"] = score(f"NA K={na_kernel}")
     for label, kind in (("no self-attention", "none"), ("uniform attention", "uniform")):
         with mixer_applied(pipe, kind):
-            out[label] = score()
+            out[label] = score(label)
     return out
+
+
+def _uint8(images) -> "np.ndarray":
+    """[P, 3, H, W] floats in [0, 1] → uint8 [P, H, W, 3], rounded as the pipelines' PIL output is."""
+    import numpy as np
+
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def na_image_rows(pipe, prompts, na_kernel: int, *, steps: int, guidance_scale: float, seed: int = 0,
+                  size: Optional[tuple] = None, evaluation: Optional[dict] = None, **call):
+    """Chapter 5's picture of Fig. 6: uint8 images [P, H, W, 3] of ``prompts`` with the model's own self-attention
+    and with NA (``na_kernel``), from the same noise (one batch, ``torch.Generator().manual_seed(seed)``).
+
+    When ``evaluation`` (:func:`live_na_controls` with ``return_images=True`` or a store) has already sampled the
+    same prompts first, with the same steps, guidance, seed and image ``size`` (given), its images are those (its first batch
+    draws the same noise; the pixels are rounded as the PIL output), so nothing is sampled twice. ``size``: the
+    (height, width) to sample, None for the pipeline's default (then nothing is reused); ``call``: extra pipeline arguments.
+    Returns ``(full, na, source)`` with ``source`` "reused from the controls" (sampled there, or read from their
+    store) or "sampled here".
+    """
+    import numpy as np
+    import torch
+
+    from ..mixers.neighborhood import neighborhood_attention
+
+    prompts, label = list(prompts), f"NA K={na_kernel}"
+    if evaluation is not None and {"self-attention", label} <= set(evaluation):
+        own, na = evaluation["self-attention"], evaluation[label]
+        same = all(r.get("images") is not None and len(r["images"]) >= len(prompts)
+                   and list(r["prompts"][:len(prompts)]) == prompts
+                   and (r["steps"], r["guidance_scale"], r["seed"]) == (steps, guidance_scale, seed)
+                   and size is not None and tuple(r["images"].shape[-2:]) == tuple(size) for r in (own, na))
+        if same and len(prompts) <= 64:   # evaluate_model's first batch holds 64 prompts
+            n = len(prompts)
+            return _uint8(own["images"][:n]), _uint8(na["images"][:n]), "reused from the controls"
+    kw = dict(call, num_inference_steps=steps, guidance_scale=guidance_scale)
+    if size is not None:
+        kw.update(height=size[0], width=size[1])
+
+    def sample():
+        out = pipe(prompts, generator=torch.Generator().manual_seed(seed), **kw).images
+        return np.stack([np.asarray(im.convert("RGB")) for im in out])
+
+    full = sample()
+    with neighborhood_attention(pipe, na_kernel):
+        na_imgs = sample()
+    return full, na_imgs, "sampled here"
 
 
 def quality_summary(results: dict, model: str, seed: int = 0):

@@ -50,12 +50,37 @@ def _environ(values: dict):
                 os.environ[k] = v
 
 
-def _finish_records(sidecar: Path, chapter: str, profile: str, status: str, seconds: float) -> None:
-    """Stamp the chapter's records file with how the run ended (created, empty, if the chapter recorded nothing)."""
+def _machine_now() -> dict:
+    """CPU seconds used by finished child processes (the chapter's kernel, once papermill has shut it down) and
+    the 1-minute load average: with the wall time they say how busy the machine was while a chapter ran."""
+    out = {"cpus": os.cpu_count()}
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["children_cpu_s"] = r.ru_utime + r.ru_stime
+        out["load_1min"] = os.getloadavg()[0]
+    except (ImportError, OSError):   # not on every platform
+        pass
+    return out
+
+
+def _finish_records(sidecar: Path, chapter: str, profile: str, status: str, seconds: float,
+                    start: dict | None = None) -> None:
+    """Stamp the chapter's records file with how the run ended (created, empty, if the chapter recorded nothing):
+    ``status``, ``executed_s`` and, from ``start`` (:func:`_machine_now` when the run began), ``run_machine``: the
+    CPU count, the kernel's CPU seconds and the load average at start and end (the course guide's timings)."""
     from . import records
 
     doc = records.load_sidecar(sidecar) if sidecar.exists() else records.Recorder(chapter, profile).document()
     doc.update(status=status, executed_s=round(seconds, 1))
+    if start is not None:
+        end = _machine_now()
+        run = {"cpus": end["cpus"]}
+        if "children_cpu_s" in end and "children_cpu_s" in start:
+            run["kernel_cpu_s"] = round(end["children_cpu_s"] - start["children_cpu_s"], 1)
+            run["load_1min_start"], run["load_1min_end"] = round(start["load_1min"], 2), round(end["load_1min"], 2)
+        doc["run_machine"] = run
     records.write_json(sidecar, doc)
 
 
@@ -167,25 +192,27 @@ def execute_chapter(path: Path, profile: str = "smoke", out_dir: Path | None = N
            "MPLBACKEND": INLINE_BACKEND,
            # tqdm.auto warns on import when ipywidgets is missing (a chapter's first imports, before its setup)
            "PYTHONWARNINGS": "ignore:IProgress not found"}
-    t0 = time.time()
+    t0, machine0 = time.time(), _machine_now()
     try:
         with _environ(env):
             papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
                                        progress_bar=False, kernel_name="python3", execution_timeout=timeout)
     except PapermillExecutionError as e:
-        _finish_records(sidecar, path.stem, profile, f"failed in cell {e.cell_index}: {e.ename}", time.time() - t0)
+        _finish_records(sidecar, path.stem, profile, f"failed in cell {e.cell_index}: {e.ename}", time.time() - t0,
+                        machine0)
         raise ChapterError(f"chapter {path.stem!r} failed in cell {e.cell_index} "
                            f"(execution count {e.exec_count}): {e.ename}: {e.evalue}") from None
     except Exception as e:  # kernel died, timeout, bad notebook
-        _finish_records(sidecar, path.stem, profile, f"failed: {type(e).__name__}", time.time() - t0)
+        _finish_records(sidecar, path.stem, profile, f"failed: {type(e).__name__}", time.time() - t0, machine0)
         raise ChapterError(f"chapter {path.stem!r} failed: {type(e).__name__}: {e}") from None
     missing = missing_figures(out)
     if missing:
-        _finish_records(sidecar, path.stem, profile, f"failed: missing figures {missing}", time.time() - t0)
+        _finish_records(sidecar, path.stem, profile, f"failed: missing figures {missing}", time.time() - t0,
+                        machine0)
         raise ChapterError(f"chapter {path.stem!r} executed but lacks declared figure(s) {', '.join(missing)}: "
                            "its cells declare them (mystnb.figure metadata) and none produced them (show_figure)")
     present_for_readers(out, profile, params)
-    _finish_records(sidecar, path.stem, profile, "complete", time.time() - t0)
+    _finish_records(sidecar, path.stem, profile, "complete", time.time() - t0, machine0)
     print(f"[aconv] {path.stem}: executed under profile {profile!r} in {time.time() - t0:.1f} s -> {out}")
     return out
 
@@ -257,6 +284,10 @@ def build_html(book_path: Path | None = None) -> Path:
         report.write_text("No comparison has been run in this checkout yet: `aconv regress --profile smoke` "
                           "executes the chapters and compares their records with the references "
                           "(`--no-execute` reuses executed chapters), then `aconv build` shows the result here.\n")
+    if (book_path / "guide.md").exists():       # the course guide includes the measured chapter times
+        from .course import write_course_times
+
+        write_course_times(book_path)
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_path), "--builder", "html"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:

@@ -27,8 +27,23 @@ def _book(a) -> None:
         from .options import UsageError
 
         raise UsageError("--out-dir writes the executed chapters outside the book: add --no-build")
+    if a.student and a.no_build:
+        from .options import UsageError
+
+        raise UsageError("--student builds the student edition after the book: drop --no-build")
     run_book(a.chapters, a.profile, not a.no_build, _params(a.param), Path(a.out_dir) if a.out_dir else None,
              before_build=lambda: refresh_regression_report(a.profile))
+    if a.student:
+        _student()
+
+
+def _student() -> None:
+    from ..book.runner import check_offline
+    from ..book.student import build_student
+
+    html = build_student()
+    check_offline(html)
+    print(f"[aconv] student edition built: {html / 'index.html'} (no solutions, no external resources)")
 
 
 def refresh_regression_report(profile: str) -> None:
@@ -56,14 +71,22 @@ def register(sub) -> None:
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="override a chapter parameter (YAML value), e.g. -p models=[sd15]; a parameter the "
                         "chapter does not declare is an error")
+    p.add_argument("--student", action="store_true",
+                   help="also build the student edition (no solutions) into book/_build/student")
     p.set_defaults(func=_book)
 
     def _build(a):
         from ..book.runner import build_html, check_offline
 
+        if a.student:
+            _student()
+            return
         check_offline(build_html())
 
     b = sub.add_parser("build", help="build the HTML book from already executed chapters")
+    b.add_argument("--student", action="store_true",
+                   help="build the student edition instead: the same pages without any solution "
+                        "(book/_build/student; the chapter sources without solutions in book/_build/student_notebooks)")
     b.set_defaults(func=_build)
 
     def _check(a):
