@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["DTYPE_NAMES", "atomic_path", "atomic_save", "atomic_write", "atomic_write_json", "check_grid", "cpu_name", "environment",
-           "file_digest", "files_fingerprint", "fingerprint", "iter_json_lines", "module_version", "parse_dtype", "positive_int"]
+           "file_digest", "files_fingerprint", "fingerprint", "iter_json_lines", "tensors_fingerprint", "module_version", "parse_dtype", "positive_int"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +208,16 @@ def fingerprint(obj: Any, length: int | None = 16, *, canonical: bool = True,
             else json.dumps(obj, default=default))
     digest = hashlib.sha256(text.encode()).hexdigest()
     return digest if length is None else digest[:length]
+
+
+def tensors_fingerprint(named_tensors: Iterable[tuple[str, Any]], length: int = 16) -> str:
+    """Hex sha256 over ``(name, tensor)`` pairs in the given order: each name with its shape and dtype, then the
+    tensor's bytes (CPU, contiguous), cut to ``length`` characters: identifies weights by value."""
+    h = hashlib.sha256()
+    for name, t in named_tensors:
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:length]
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:

@@ -17,14 +17,13 @@ Writing a store is explicit: the same call with ``write=True`` (the chapter's te
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..utils import atomic_write, fingerprint
+from ..utils import atomic_write, fingerprint, tensors_fingerprint
 
 __all__ = ["evaluate_stored", "weights_fingerprint"]
 
@@ -34,16 +33,11 @@ _KEEP = ("n_prompts", "prompt_adherence", "shape", "color", "size", "position", 
 
 
 def weights_fingerprint(pipe) -> str:
-    """sha256 (16 hex digits) of every tensor of the pipeline's denoiser and text encoder, in name order."""
-    h = hashlib.sha256()
-    for part in ("unet", "transformer", "text_encoder"):
-        module = getattr(pipe, part, None)
-        if module is None:
-            continue
-        for name, t in sorted(module.state_dict().items()):
-            h.update(f"{part}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """sha256 (16 hex digits) of every tensor of the pipeline's denoiser and text encoder, in name order
+    (:func:`aconvlib.utils.tensors_fingerprint`)."""
+    parts = [(part, getattr(pipe, part, None)) for part in ("unet", "transformer", "text_encoder")]
+    return tensors_fingerprint((f"{part}.{name}", t) for part, module in parts if module is not None
+                               for name, t in sorted(module.state_dict().items()))
 
 
 def _paths(store: Path) -> tuple[Path, Path]:
