@@ -37,7 +37,7 @@ class UNetFamily(DenoiserFamily):
     pipeline_attr = "unet"
     embedded_alternative = "mini-sd"
 
-    def model_class(self):
+    def model_class(self, config=None):
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel
