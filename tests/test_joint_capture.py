@@ -11,52 +11,9 @@ from aconvlib.analysis.joint_capture import TextMaskError
 from aconvlib.models import denoise, self_attention_layers
 from aconvlib.testing.dummies import tiny_flux, tiny_inputs, tiny_sd3
 
+from _joint_reference import naive
+
 L = 7   # text tokens
-
-
-def _rms(x, norm):
-    y = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + norm.eps)
-    return y * norm.weight.double() if norm.weight is not None else y
-
-
-def _rope(x, cos, sin):   # x [B, S, h, d]; pairs (2i, 2i+1) rotated, as FLUX's axes interleave
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    rot = torch.stack([-x2, x1], dim=-1).flatten(-2)
-    return x * cos.double()[None, :, None] + rot * sin.double()[None, :, None]
-
-
-def _naive(attn, kind, block, inp):
-    """P [B, h, S, S] (float64), the joint order, n_text, and the module's output recomputed from P."""
-    hs, ehs, rope = inp["hidden_states"].double(), inp.get("encoder_hidden_states"), inp.get("image_rotary_emb")
-    heads = attn.heads
-    lin = lambda m, x: torch.nn.functional.linear(x, m.weight.double(), m.bias.double() if m.bias is not None else None)
-
-    def split(x):
-        return x.view(x.shape[0], x.shape[1], heads, -1)
-
-    q, k, v = split(lin(attn.to_q, hs)), split(lin(attn.to_k, hs)), split(lin(attn.to_v, hs))
-    q, k = _rms(q, attn.norm_q), _rms(k, attn.norm_k)
-    n_text = 0
-    if ehs is not None:
-        ehs = ehs.double()
-        eq, ek, ev = split(lin(attn.add_q_proj, ehs)), split(lin(attn.add_k_proj, ehs)), split(lin(attn.add_v_proj, ehs))
-        eq, ek = _rms(eq, attn.norm_added_q), _rms(ek, attn.norm_added_k)
-        n_text = ehs.shape[1]
-        if kind == "flux":   # text first
-            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        else:                # image first
-            q, k, v = torch.cat([q, eq], 1), torch.cat([k, ek], 1), torch.cat([v, ev], 1)
-    if rope is not None:
-        q, k = _rope(q, *rope), _rope(k, *rope)
-    d = q.shape[-1]
-    p = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / d ** 0.5, dim=-1).detach()
-    out = torch.einsum("bhqk,bkhd->bqhd", p, v).flatten(2)
-    if ehs is not None:
-        img = out[:, n_text:] if kind == "flux" else out[:, :out.shape[1] - n_text]
-        out = lin(attn.to_out[0], img)
-    elif not getattr(attn, "pre_only", False):
-        out = lin(attn.to_out[0], out)
-    return p, n_text, out
 
 
 def _run(model, kind, hw, mask, seed=0, batch=2, **cap_kw):
@@ -91,7 +48,7 @@ def test_capture_equals_the_naive_joint_softmax(kind, hw):
     types = {l.block_type for l in layers}
     assert types == ({"double", "single"} if kind == "flux" else {"joint"})
     for l in layers:
-        p, n_text, out = _naive(l.module, kind, l.block_type, seen[l.name])
+        p, n_text, out, _ = naive(l.module, kind, l.block_type, seen[l.name])
         torch.testing.assert_close(out.float(), outs[l.name], rtol=1e-4, atol=1e-5)   # the module's own attention
         if l.block_type == "single":
             n_text = p.shape[-1] - n

@@ -68,8 +68,8 @@ def get_denoiser(pipe_or_denoiser) -> torch.nn.Module:
 
 
 def default_latent_hw(denoiser) -> tuple[int, int]:
-    """The latent size of the denoiser's config (``sample_size``)."""
-    s = denoiser.config.sample_size
+    """The latent size of the denoiser's config (``sample_size``; FLUX, which has none: its pipeline's 128)."""
+    s = getattr(denoiser.config, "sample_size", None) or family_of(denoiser).default_sample_size
     return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
 

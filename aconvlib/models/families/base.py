@@ -36,6 +36,7 @@ class DenoiserFamily:
 
     name: str = ""
     class_names: tuple[str, ...] = ()
+    default_sample_size: int = 64   # latent side when the config has no ``sample_size``
     pipeline_attr: str = ""
     embedded_alternative: str = ""
 

@@ -96,6 +96,7 @@ class JointFamily(DenoiserFamily):
     class_names = ("FluxTransformer2DModel", "SD3Transformer2DModel")
     pipeline_attr = "transformer"
     embedded_alternative = "mini-dit"
+    default_sample_size = 128   # FluxPipeline.default_sample_size (FLUX's config has no sample_size): 1024 px
 
     def model_class(self, config: dict | None = None):
         import diffusers
