@@ -160,3 +160,48 @@ def test_joint_fixtures_are_small_and_rebuild_to_the_same_bytes(hub_root, tmp_pa
     for repo_id, mib in ((repo, 24), ("black-forest-labs/FLUX.1-dev", 24), ("stabilityai/stable-diffusion-3.5-medium", 64)):
         assert sum(map(len, blobs(hub_cache_dir(hub_root), repo_id).values())) < mib * 2**20, repo_id
     assert blobs(build_hub_cache(tmp_path, [repo]), repo) == blobs(hub_cache_dir(hub_root), repo)
+
+
+def _readme_joint():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- joint-example:start -->\n```python\n(.*?)```", text, re.S).group(1)
+    rows = re.findall(r"^\| (flux-schnell|flux-dev|sd3\.5-medium|sd3\.5-large) \| (.*)$", text, re.M)
+    return code, rows
+
+
+def test_readme_joint_memory_table_matches_the_estimates():
+    from aconvlib.models.memory import estimate_run_bytes
+
+    _, rows = _readme_joint()
+    assert [r[0] for r in rows] == JOINT
+    g = 2**30
+    for model, rest in rows:
+        cells = [c.strip() for c in rest.strip(" |").split("|")]
+        est = estimate_run_bytes(model, "bfloat16", batch=1, cfg=model.startswith("sd3"))
+        assert cells[:2] == [f"{est.total / g:.1f} GiB", f"{est.offloaded_total / g:.1f} GiB"], model
+        for cell, avail in zip(cells[2:], (14.7, 22.0, 78.0)):
+            advice = est.advice(int(avail * g))
+            want = ("yes" if advice == "fits" else "with model offload" if "fits with" in advice
+                    else "no (sequential offload)")
+            assert cell == want, (model, avail, cell, advice)
+
+
+def test_readme_joint_example_runs_on_the_fixtures(fixture_hub):
+    """The README's Python example, with the documented CPU substitutions: float32 on the CPU, a 64x48 image (4x3
+    tokens), 16 text tokens, 2 steps, K = 3, and the fixture's layer indices (2 double + 2 single blocks)."""
+    code, _ = _readme_joint()
+    subs = {'device="cuda", dtype=torch.bfloat16': 'device="cpu", dtype=torch.float32', "height=1024, width=768":
+            "height=64, width=48", "max_sequence_length=256": "max_sequence_length=16", "(128, 96)": "(8, 6)",
+            "layers=[0, 19]": "layers=[0, 2]", "num_inference_steps=4": "num_inference_steps=2",
+            "kernel_size=13": "kernel_size=3", "print(": "_ = ("}
+    for a, b in subs.items():
+        assert a in code, a
+        code = code.replace(a, b)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    cap = scope["cap"]
+    assert cap.block_types == {"transformer_blocks.0.attn": "double", "single_transformer_blocks.0.attn": "single"}
+    assert cap.maps["transformer_blocks.0.attn"].shape == (12, 12) and scope["image"].size == (48, 64)
