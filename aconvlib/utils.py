@@ -5,7 +5,7 @@
   (``torch.save``); a kill never leaves a half-written file, a failed block leaves the old one;
 * dtype parsing: :func:`parse_dtype` (``"fp16"``, ``"float16"``, ``"torch.float16"``, a ``torch.dtype`` …);
 * environment metadata: :func:`environment` (versions, platform, CPU, device) for records and benchmarks;
-* fingerprints: :func:`fingerprint`, a sha256 of an object's JSON form.
+* fingerprints: :func:`fingerprint`, a sha256 of an object's JSON form; :func:`file_digest` and :func:`files_fingerprint`, of files' bytes.
 
 Nothing here imports another aconvlib module, and torch is imported only by the functions that need it, so
 that ``import aconvlib`` stays light.
@@ -22,10 +22,10 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["DTYPE_NAMES", "atomic_path", "atomic_save", "atomic_write", "atomic_write_json", "cpu_name", "environment",
-           "fingerprint", "module_version", "parse_dtype"]
+__all__ = ["DTYPE_NAMES", "atomic_path", "atomic_save", "atomic_write", "atomic_write_json", "check_grid", "cpu_name", "environment",
+           "file_digest", "files_fingerprint", "fingerprint", "iter_json_lines", "module_version", "parse_dtype", "positive_int"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,6 +73,55 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path, tmp_name=Path(path).name + ".tmp") as tmp:
         torch.save(obj, tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------------
+
+def positive_int(value: Any, what: str) -> int:
+    """``value`` as an int ≥ 1 (anything ``operator.index`` accepts, bools excluded); ValueError naming ``what``."""
+    import operator
+
+    if not isinstance(value, bool):
+        try:
+            v = operator.index(value)
+        except TypeError:
+            v = None
+        if v is not None and v >= 1:
+            return v
+    raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def check_grid(grid: Any, n: int | None = None, who: str = "grid") -> tuple[int, int]:
+    """A token grid ``(H, W)`` of positive ints with, when ``n`` is given, ``H·W == n`` (tokens in raster order);
+    ValueError starting with ``who`` otherwise."""
+    import operator
+
+    try:
+        h, w = grid
+        h, w = operator.index(h), operator.index(w)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}")
+    if n is not None and h * w != n:
+        raise ValueError(f"{who}: grid {h}x{w} has {h * w} tokens but the input has N = {n} tokens "
+                         f"(tokens must be the H·W grid in raster order)")
+    return h, w
+
+
+def iter_json_lines(text: str, error: Callable[[int, ValueError], Exception]) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` for each non-blank line of JSON-lines ``text``; a line that is not JSON raises
+    ``error(line number, the JSON error)`` (each reader names its file and raises its own exception type)."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise error(n, e) from None
+        yield n, obj
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,12 +196,32 @@ def environment(modules: tuple[str, ...] = ("torch", "diffusers", "numpy")) -> d
 # Fingerprints
 # --------------------------------------------------------------------------------------------------
 
-def fingerprint(obj: Any, length: int | None = 16, *, canonical: bool = True) -> str:
+def fingerprint(obj: Any, length: int | None = 16, *, canonical: bool = True,
+                default: Callable[[Any], Any] | None = None) -> str:
     """Hex sha256 of ``obj``'s JSON form, cut to ``length`` characters (None: all 64).
 
     ``canonical`` (default) sorts keys and drops whitespace; ``canonical=False`` hashes plain ``json.dumps(obj)``,
     the form of the older cache keys (prompt lists, sample keys), kept so that existing caches stay valid.
+    ``default`` turns values JSON cannot encode into ones it can (e.g. ``str`` for dtypes and paths).
     """
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":")) if canonical else json.dumps(obj)
+    text = (json.dumps(obj, sort_keys=True, separators=(",", ":"), default=default) if canonical
+            else json.dumps(obj, default=default))
     digest = hashlib.sha256(text.encode()).hexdigest()
     return digest if length is None else digest[:length]
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """Hex sha256 of one file's bytes, cut to ``length`` characters."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
+
+
+def files_fingerprint(files: Iterable[str | os.PathLike], root: str | os.PathLike, length: int = 16) -> str:
+    """``"sha256:<hex>"`` over the files' paths relative to ``root`` and their bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    for f in files:
+        f = Path(f)
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()[:length]

@@ -168,6 +168,51 @@ def test_the_atomic_write_check_can_fail(tmp_path):
     assert len(found) == 3 and "defines _atomic_json()" in found[0], found
 
 
+# Dtype parsing and fingerprints: aconvlib.utils.parse_dtype / fingerprint / file_digest / files_fingerprint.
+# hashlib stays where the hash is not a fingerprint of ours: a format's own hash (git blob ids of the hub
+# fixtures), an RNG seed derived from a key, an image record's content hash and the latent cache's tensor hash
+# (its keys must stay valid for existing caches).
+HASHLIB_ALLOWED = {"testing/hub_fixtures.py": "git blob/commit ids and seeds of the published layouts",
+                   "testing/_fixture_files.py": "seeds of the fixture weights (the hub fixtures' helpers)",
+                   "training/data/sampler.py": "a per-sample RNG seed, not a fingerprint",
+                   "training/data/sources.py": "an image's content hash (the record's identity)",
+                   "training/latent_cache.py": "hash of model tensors (existing caches' keys)"}
+_DTYPE_TABLE = re.compile(r"[\"'](fp16|bf16|float16|bfloat16|half)[\"']\s*:\s*torch\.")
+_GETATTR_DTYPE = re.compile(r"getattr\(torch,\s*(dtype|str\()")
+
+
+def _own_dtype_or_hash(path: pathlib.Path) -> list[str]:
+    """A dtype table (``{"fp16": torch.float16 …}``), ``getattr(torch, dtype)`` or an ``import hashlib``."""
+    text = path.read_text()
+    found = [f"dtype table {m.group(0)!r}" for m in _DTYPE_TABLE.finditer(text)]
+    found += [f"dtype lookup {m.group(0)!r}" for m in _GETATTR_DTYPE.finditer(text)]
+    found += [f"line {n.lineno}: import hashlib" for n in ast.walk(ast.parse(text))
+              if isinstance(n, ast.Import) and any(a.name == "hashlib" for a in n.names)]
+    return found
+
+
+def test_dtype_parsing_and_fingerprints_use_the_one_utility():
+    offenders = {}
+    for p in MODULES:
+        rel = str(p.relative_to(PKG))
+        if rel == "utils.py":
+            continue
+        found = _own_dtype_or_hash(p)
+        if rel in HASHLIB_ALLOWED:
+            found = [f for f in found if "hashlib" not in f]
+        if found:
+            offenders[rel] = found
+    assert not offenders, f"use aconvlib.utils.parse_dtype / fingerprint / files_fingerprint instead: {offenders}"
+    assert all((PKG / rel).exists() for rel in HASHLIB_ALLOWED), "drop removed files from HASHLIB_ALLOWED"
+
+
+def test_the_dtype_and_hash_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import hashlib\nimport torch\n_D = {'fp16': torch.float16}\nx = getattr(torch, dtype)\n")
+    found = _own_dtype_or_hash(bad)
+    assert len(found) == 3, found
+
+
 # --------------------------------------------------------------------------------------------------
 # Models are named only where they are known: models/, testing/, book/, cli/, mini/ (never analysis, mixers, training)
 # --------------------------------------------------------------------------------------------------
@@ -241,3 +286,36 @@ def test_no_module_is_over_600_lines():
     """One concept per module (timm's rule of thumb): a module past ~600 lines is split by concern."""
     long = {str(p.relative_to(PKG)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 600}
     assert not long, f"split these modules by concern: {long}"
+
+
+# --------------------------------------------------------------------------------------------------
+# No block of six or more lines written twice inside aconvlib/ (whitespace, blank and comment lines ignored;
+# a window needs four lines that are not closing brackets, imports or decorators to count)
+# --------------------------------------------------------------------------------------------------
+
+_TRIVIAL_LINE = re.compile(r'^(\)|\]|\}|\),|\],|\},|"""|else:|try:|return|pass|import .*|from .* import .*|@.*)$')
+
+
+def _repeated_blocks(paths, size: int = 6) -> list[str]:
+    seen: dict[tuple, list[str]] = {}
+    for p in paths:
+        lines = [(n, t.strip()) for n, t in enumerate(p.read_text().splitlines(), 1)
+                 if t.strip() and not t.strip().startswith("#")]
+        for i in range(len(lines) - size + 1):
+            window = tuple(t for _, t in lines[i:i + size])
+            if sum(not _TRIVIAL_LINE.match(t) for t in window) >= 4:
+                seen.setdefault(window, []).append(f"{p.name}:{lines[i][0]}")
+    return [" ~ ".join(places) for places in seen.values() if len(places) > 1]
+
+
+def test_no_block_of_six_lines_is_written_twice():
+    repeated = _repeated_blocks(MODULES)
+    assert not repeated, f"the same six or more lines in two places (make it one function): {repeated}"
+
+
+def test_the_repeated_block_check_can_fail(tmp_path):
+    body = "def f(a):\n    x = a + 1\n    y = x * 2\n    z = y - 3\n    w = z / 4\n    v = w ** 2\n    return v\n"
+    (tmp_path / "a.py").write_text(body)
+    (tmp_path / "b.py").write_text(body.replace("def f", "def g"))
+    found = _repeated_blocks([tmp_path / "a.py", tmp_path / "b.py"])
+    assert found == ["a.py:2 ~ b.py:2"], found

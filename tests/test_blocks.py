@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from aconvlib.mixers.deltaconv import DeltaConvBlock, receptive_field, stage_grid
+from aconvlib.mixers.deltaconv import DeltaConvBlock, stage_gradient_maps, stage_grid
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (7, 5), (1, 6), (9, 3), (2, 2)])
@@ -98,10 +98,10 @@ def test_pool_branch_reads_the_block_input_and_is_global():
     assert torch.allclose(y, expected.expand_as(y), atol=1e-6)
 
 
-def test_receptive_field_is_local_per_stage():
+def test_stage_gradient_maps_are_local_per_stage():
     torch.manual_seed(0)
     blk = DeltaConvBlock(16, 3)
-    rf = receptive_field(blk, (15, 15), position=(7, 7))
+    rf = stage_gradient_maps(blk, (15, 15), position=(7, 7))
     assert list(rf) == ["stage_0", "stage_1", "local", "total"]       # stable keys; labels are the book's
     s0, s1 = rf["stage_0"], rf["stage_1"]
     assert (s0 > 0).sum() == 9  # 3×3 at full resolution
@@ -116,3 +116,17 @@ def test_stage_grid():
     assert stage_grid((7, 5), 0.5) == (3, 2)
     assert stage_grid((1, 9), 0.5) == (1, 4)
     assert stage_grid((9, 9), 1 / 3) == (3, 3)
+
+
+def test_stage_gradient_maps_use_the_one_gradient_definition():
+    """The total map is analysis.receptive_field's G_p of the whole block (one definition of the gradient map)."""
+    from aconvlib.analysis.receptive_field import gradient_map
+
+    torch.manual_seed(1)
+    blk = DeltaConvBlock(8, 3)
+    x = torch.randn(1, 49, 8)
+    rf = stage_gradient_maps(blk, (7, 7), position=(2, 5), x=x)
+    g = gradient_map(lambda t: blk(t, (7, 7)), x, (7, 7), (2, 5)).float()
+    assert torch.equal(rf["total"], g)
+    with pytest.warns(DeprecationWarning, match="stage_gradient_maps"):
+        from aconvlib.mixers.deltaconv import receptive_field  # noqa: F401  (the earlier name)

@@ -1,6 +1,7 @@
 import pytest
 
-from aconvlib.mixers.flops import attention_flops, flops_vs_resolution, self_attention_table
+from aconvlib.book.flops_tables import flops_vs_resolution, self_attention_table
+from aconvlib.mixers.flops import attention_flops
 
 
 def test_attention_flops_formula_known_values():
@@ -55,7 +56,8 @@ from conftest import tiny_pixart, tiny_unet  # noqa: E402
 
 from aconvlib.mixers.convert import get_adapter, mixer_layers, to_mixer  # noqa: E402
 from aconvlib.mixers.flops import (count_mixer_flops, deltaconv_flops, deltaconv_flops_breakdown,  # noqa: E402
-                                   ditfastattn_window, linear_attention_params, mixer_table, mixer_table_frame)
+                                   ditfastattn_window, linear_attention_params, mixer_table)
+from aconvlib.book.flops_tables import mixer_table_frame  # noqa: E402
 from aconvlib.book.table1 import table1_comparison  # noqa: E402
 
 OPTIONS = {"deltaconv": dict(kernel_sizes=3), "linear": dict(hidden_ratio=0.5), "window": dict(window=5, mode="2d")}
@@ -143,7 +145,8 @@ def test_table1_linfusion_and_ditfastattn_rows():
 
 # ---------------------------------------------------------------- issue 20: chapter 0's statements, computed
 def test_dominant_terms_pixart_512_projections_dominate():
-    from aconvlib.mixers.flops import attention_terms, dominant_terms
+    from aconvlib.book.flops_tables import dominant_terms
+    from aconvlib.mixers.flops import attention_terms
 
     t = attention_terms(32 * 32, 1152)           # one PixArt-Σ layer at 512 px
     assert t["projections"] > t["quadratic"]     # 4NC'² = 5.4 G > 4N²C' + 4N² = 4.8 G
@@ -156,7 +159,7 @@ def test_dominant_terms_pixart_512_projections_dominate():
 
 
 def test_growth_per_doubling_is_computed_not_16():
-    from aconvlib.mixers.flops import flops_vs_resolution, growth_per_doubling
+    from aconvlib.book.flops_tables import flops_vs_resolution, growth_per_doubling
 
     g = growth_per_doubling(flops_vs_resolution(["sdxl"], [512, 1024, 1536])).set_index("from_px")["factor"]
     assert list(g.index) == [512.0]              # 1536 is no doubling of anything listed

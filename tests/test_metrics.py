@@ -351,3 +351,17 @@ def test_other_errors_surface_unchanged():
 
     with pytest.raises(ImportError, match="optional dependency"):
         M._from_pretrained(missing_dep, "aconvlib-tests/whatever")
+
+
+def test_paired_streams_align_batches_of_any_size():
+    import torch
+
+    from aconvlib.analysis.metrics import _paired
+
+    rows = torch.arange(10.0)[:, None]
+    a = iter([rows[:3], rows[3:4], rows[4:10]])
+    b = iter([rows[:5], rows[5:10]])
+    got_a, got_b = zip(*_paired(a, b))
+    assert torch.equal(torch.cat(got_a), rows) and torch.equal(torch.cat(got_b), rows)
+    with pytest.raises(ValueError, match="2 / 0 left unpaired"):
+        list(_paired(iter([rows[:3], rows[3:5]]), iter([rows[:3]])))

@@ -56,3 +56,28 @@ def test_fingerprints_keep_the_values_existing_caches_were_keyed_by():
 def test_environment_names_versions_and_device():
     env = environment()
     assert {"aconvlib", "torch", "python", "platform", "device"} <= set(env) and env["device"].startswith(("cpu", "cuda"))
+
+
+def test_fingerprint_default_encodes_what_json_cannot(tmp_path):
+    from aconvlib.utils import fingerprint
+
+    with pytest.raises(TypeError):
+        fingerprint({"p": tmp_path})
+    assert fingerprint({"p": tmp_path}, default=str) == fingerprint({"p": str(tmp_path)})
+
+
+def test_file_fingerprints_follow_bytes_and_names(tmp_path):
+    import hashlib
+
+    from aconvlib.utils import file_digest, files_fingerprint
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"one"), b.write_bytes(b"two")
+    assert file_digest(a) == hashlib.sha256(b"one").hexdigest()[:16]
+    both = files_fingerprint([a, b], tmp_path)
+    assert both.startswith("sha256:") and len(both) == 7 + 16
+    b.write_bytes(b"TWO")
+    assert files_fingerprint([a, b], tmp_path) != both          # bytes count
+    b.write_bytes(b"two")
+    b.rename(tmp_path / "c.bin")
+    assert files_fingerprint([a, tmp_path / "c.bin"], tmp_path) != both   # so do names

@@ -292,7 +292,8 @@ def decompose(A: torch.Tensor, grid: tuple[int, int], kernel_sizes: Optional[Seq
 
 
 def erf(curve: torch.Tensor, kernel_sizes: Sequence[int], threshold: float = 0.8) -> torch.Tensor:
-    """Effective receptive field: the smallest K with ``ASM(K) ≥ threshold``.
+    """Effective receptive field: the smallest K with ``ASM(K) ≥ threshold`` (of an attention map's ASM curve or of
+    a gradient map's, :mod:`aconvlib.analysis.receptive_field`).
 
     ``curve`` [..., nK] (non-decreasing in K) → [...] float64; NaN where no K reaches the threshold.
     """

@@ -407,41 +407,46 @@ def fdd(images_a, images_b, *, model=None, processor=None, model_id: str = DEFAU
     return frechet_distance(a.mean, a.cov, b.mean, b.cov, eps=eps)
 
 
+class _Buffered:
+    """Feature rows pulled from a stream of [b, D] batches, taken in any count."""
+
+    def __init__(self, stream: Iterator[torch.Tensor]):
+        self.stream, self.buf, self.n, self.ended = stream, [], 0, False
+
+    def fill_past(self, other: int) -> None:
+        """Pull batches until this buffer holds more rows than ``other`` (or the stream ends)."""
+        while self.n <= other and not self.ended:
+            f = next(self.stream, None)
+            if f is None:
+                self.ended = True
+            else:
+                self.buf.append(f)
+                self.n += len(f)
+
+    def take(self, k: int) -> torch.Tensor:
+        rows = torch.cat(self.buf)
+        self.buf, self.n = [rows[k:]], self.n - k
+        return rows[:k]
+
+    def left(self) -> int:
+        """Rows not yet taken, the rest of the stream included (drains it)."""
+        return self.n + sum(len(f) for f in self.stream)
+
+
 def _paired(stream_a: Iterator[torch.Tensor], stream_b: Iterator[torch.Tensor]):
     """Align two streams of [b, D] feature batches of possibly different batch sizes."""
-    buf_a: list[torch.Tensor] = []
-    buf_b: list[torch.Tensor] = []
-    na = nb = 0
-    ended_a = ended_b = False
+    a, b = _Buffered(stream_a), _Buffered(stream_b)
     while True:
-        while na <= nb and not ended_a:
-            f = next(stream_a, None)
-            if f is None:
-                ended_a = True
-            else:
-                buf_a.append(f)
-                na += len(f)
-        while nb <= na and not ended_b:
-            f = next(stream_b, None)
-            if f is None:
-                ended_b = True
-            else:
-                buf_b.append(f)
-                nb += len(f)
-        k = min(na, nb)
+        a.fill_past(b.n)
+        b.fill_past(a.n)
+        k = min(a.n, b.n)
         if k > 0:
-            fa, fb = torch.cat(buf_a), torch.cat(buf_b)
-            yield fa[:k], fb[:k]
-            buf_a, buf_b = [fa[k:]], [fb[k:]]
-            na, nb = na - k, nb - k
-        if (ended_a and na == 0) or (ended_b and nb == 0):
-            if not (ended_a and ended_b and na == 0 and nb == 0):
-                # drain to report the mismatch
-                rest_a = na + sum(len(f) for f in stream_a)
-                rest_b = nb + sum(len(f) for f in stream_b)
-                if rest_a or rest_b:
-                    raise ValueError("images_a and images_b must hold the same number of images "
-                                     f"(paired); {rest_a} / {rest_b} left unpaired")
+            yield a.take(k), b.take(k)
+        if (a.ended and a.n == 0) or (b.ended and b.n == 0):
+            rest_a, rest_b = a.left(), b.left()
+            if rest_a or rest_b:
+                raise ValueError("images_a and images_b must hold the same number of images "
+                                 f"(paired); {rest_a} / {rest_b} left unpaired")
             return
 
 

@@ -11,11 +11,17 @@ one definition that applies to any token mixer ``f: [B, N, C] -> [B, N, C']`` on
     ERF     = min{K odd : mean_p ASM_p(K) ≥ 0.8}                         (locality.erf, the paper's 80%)
 
 The scalar differentiated is the sum over output channels of the output at ``p`` (the convention of
-:func:`aconvlib.mixers.deltaconv.receptive_field`, chapter 6); samples of a batch are independent in a token
+:func:`aconvlib.mixers.deltaconv.stage_gradient_maps`, chapter 6); samples of a batch are independent in a token
 mixer, so one backward gives every sample's map. ``x`` is a *real* input: the tokens the layer received in
 a denoiser call on held-out data (:func:`layer_inputs`), so for self-attention the gradient goes through
 the softmax weights and the values of real content. The window mass and the 80% ERF are the locality
 module's (one place per fact): the map ``mass_p`` is handled as one row of a "map" whose query is ``p``.
+
+Receptive fields in aconvlib, one definition at three levels: :func:`aconvlib.analysis.locality.erf` reads the ERF
+(smallest K with 80% of the mass) off any ASM curve; this module makes the curve from gradient maps G_p of a token
+mixer (:func:`gradient_maps`, :func:`mixer_receptive_field`, :func:`receptive_fields` for every ``attn1`` of a
+denoiser); :func:`aconvlib.mixers.deltaconv.stage_gradient_maps` applies the same G_p to each stage of one
+ΔConvBlock (chapter 6's figure). Attention maps' ERF (chapter 5) uses ``locality.erf`` on the maps' ASM curve.
 
 Positions: ``"center"`` (the grid's centre token), an int ``n`` (an n×n lattice of positions at
 (i + 1)/(n + 1) of each side, i = 0 … n−1; ``1`` is the centre) or a list of (row, col). The ASM curve

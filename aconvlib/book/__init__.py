@@ -8,6 +8,7 @@ comparison with reviewed references (:mod:`~aconvlib.book.regression`, ``aconv r
 The reproduction drivers live here too: the latency benchmarks, one harness for ``aconv bench-mixers`` and
 ``aconv bench-blocks`` (:mod:`~aconvlib.book.benchmarks`, tables in :mod:`~aconvlib.book.benchmark_tables`, module
 shapes from the shipped configs in :mod:`~aconvlib.book.module_shapes`), Table 1 (:mod:`~aconvlib.book.table1`),
+the per-model FLOP frames (:mod:`~aconvlib.book.flops_tables`),
 chapter 8's comparison (:mod:`~aconvlib.book.comparison`, :mod:`~aconvlib.book.comparison_sections`); the labels
 of typed comparison rows are made in :mod:`~aconvlib.book.labels` only.
 """

@@ -39,6 +39,7 @@ from ..mixers import kernels
 from ..mixers.deltaconv import DeltaConvBlock
 from ..mixers.timing import (MIXER_IMPLS, build_mixers, check_triton, make_attention, parse_size, time_module)
 from ..models import paper_table
+from ..utils import parse_dtype
 from .module_shapes import BENCH_MODELS, MODELS, module_shape
 
 __all__ = ["CPU_FLOP_LIMIT", "MIXER_IMPLS", "MODELS", "PAPER_MS", "bench_blocks", "bench_mixers", "machine_meta",
@@ -92,7 +93,7 @@ def bench_mixers(models=("pixart-sigma", "sd15-top"), sizes=None, modes=("fwd", 
     from ..mixers.neighborhood import natten_available
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype or ("float16" if device.type == "cuda" else "float32"))
+    dtype = parse_dtype(dtype, default="float16" if device.type == "cuda" else "float32")
     window = na_kernel ** 2 if window is None else int(window)
     if sizes is None:
         sizes = [tuple(s) for s in paper_table("table2_latency_ms")["sizes"]] if device.type == "cuda" else [(256, 256), (512, 512)]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
+
+from .tables import RowsReport
 
 __all__ = ["RealComparison", "erf_table", "fig9_verdict", "k_over_grid", "real_comparison", "stored_rows",
            "summary_markdown", "table3_live", "uniform_erf_at", "variant_row", "with_intervals"]
@@ -251,21 +252,9 @@ def k_over_grid(kernels: Mapping[str, int], grids: Mapping[str, int], paper_k: i
     return out
 
 
-@dataclass
-class RealComparison:
+class RealComparison(RowsReport):
     """What :func:`real_comparison` measured: ``rows`` (one per model and variant), ``lines`` (plain-language
     notes, one per thing done or skipped), ``images`` (model → variant → uint8 [P, H, W, 3]), ``prompts``."""
-
-    rows: list = field(default_factory=list)
-    lines: list = field(default_factory=list)
-    images: dict = field(default_factory=dict)
-    prompts: dict = field(default_factory=dict)
-
-    @property
-    def table(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
 
 
 def _metric(fn, what: str, missing: dict, *args, **kwargs):

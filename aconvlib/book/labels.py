@@ -84,7 +84,7 @@ def variant_setting(v) -> str:
 
 
 def receptive_field_label(key: str, block) -> str:
-    """The panel label of a :func:`~aconvlib.mixers.deltaconv.receptive_field` key: ``"stage 0 (s=1, K=9)"``,
+    """The panel label of a :func:`~aconvlib.mixers.deltaconv.stage_gradient_maps` key: ``"stage 0 (s=1, K=9)"``,
     ``"total w/o pool branch"`` (``local``), ``"total"``."""
     if key.startswith("stage_"):
         i = int(key.split("_")[1])
@@ -93,7 +93,7 @@ def receptive_field_label(key: str, block) -> str:
 
 
 def labelled_receptive_field(block, grid, **options) -> dict:
-    """:func:`~aconvlib.mixers.deltaconv.receptive_field` of ``block`` keyed by the book's panel labels, in order."""
-    from ..mixers.deltaconv import receptive_field
+    """:func:`~aconvlib.mixers.deltaconv.stage_gradient_maps` of ``block`` keyed by the book's panel labels, in order."""
+    from ..mixers.deltaconv import stage_gradient_maps
 
-    return {receptive_field_label(k, block): v for k, v in receptive_field(block, grid, **options).items()}
+    return {receptive_field_label(k, block): v for k, v in stage_gradient_maps(block, grid, **options).items()}

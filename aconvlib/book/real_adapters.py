@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..mixers.variants import Method
+from .tables import RowsReport
 
 __all__ = ["RealAdapterReport", "STUDENT", "TEACHER", "evaluate_real_adapters", "resolve_adapter"]
 
@@ -24,8 +24,7 @@ __all__ = ["RealAdapterReport", "STUDENT", "TEACHER", "evaluate_real_adapters", 
 TEACHER, STUDENT = Method.TEACHER, Method.DELTACONV
 
 
-@dataclass
-class RealAdapterReport:
+class RealAdapterReport(RowsReport):
     """What :func:`evaluate_real_adapters` measured.
 
     Attributes:
@@ -34,17 +33,6 @@ class RealAdapterReport:
         images: model → :data:`TEACHER` / :data:`STUDENT` → uint8 [P, H, W, 3].
         prompts: model → prompts; ``lines``: the plain-language summary, one line per model.
     """
-
-    rows: list = field(default_factory=list)
-    images: dict = field(default_factory=dict)
-    prompts: dict = field(default_factory=dict)
-    lines: list = field(default_factory=list)
-
-    @property
-    def table(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
 
     def plot(self, model: str, n_show: Optional[int] = None):
         from ..mini.compare import Variant

@@ -46,17 +46,17 @@ used. Comparison with stored references: :mod:`aconvlib.book.regression` (``acon
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import numbers
 import os
-import platform
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
+
+from ..utils import file_digest, files_fingerprint
 
 FORMAT = "aconv-records/1"
 ENV_PATH, ENV_CHAPTER, ENV_PROFILE = "ACONV_RECORDS", "ACONV_CHAPTER", "ACONV_PROFILE"
@@ -350,45 +350,12 @@ def record(name: str, value: Any, *, rtol: float = 0.0, atol: float = 0.0, reaso
 
 # --------------------------------------------------------------------------------------- environment
 
-def _version(pkg: str) -> Optional[str]:
-    from importlib import metadata
-
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def environment() -> dict:
-    """Versions and device of this process: aconvlib, torch, diffusers, numpy, python, platform, the CPU (and
-    the CUDA device when this process used one), torch's thread count and deterministic mode."""
-    import aconvlib
-    from ..utils import cpu_name
+    """Versions and device of this process (:func:`aconvlib.utils.environment`: aconvlib, torch, diffusers,
+    numpy, python, platform, the CPU or the CUDA device this process used, torch's threads and deterministic mode)."""
+    from ..utils import environment as _environment
 
-    env = {"aconvlib": aconvlib.__version__, "torch": _version("torch"), "diffusers": _version("diffusers"),
-           "numpy": _version("numpy"), "python": platform.python_version(),
-           "platform": f"{platform.system()} {platform.machine()}", "device": f"cpu: {cpu_name()}"}
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_initialized():
-                env["device"] = f"cuda: {torch.cuda.get_device_name()}"
-        except Exception:  # noqa: BLE001 - a broken CUDA setup is not the records' business
-            pass
-        env["torch_threads"] = torch.get_num_threads()
-        env["deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
-    return env
-
-
-@functools.lru_cache(maxsize=None)
-def _hash_files(files: tuple[Path, ...], root: Path, stamp: tuple) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()[:16]
+    return _environment(("torch", "diffusers", "numpy"))
 
 
 def _folder_fingerprint(folder: Path) -> Optional[str]:
@@ -398,6 +365,12 @@ def _folder_fingerprint(folder: Path) -> Optional[str]:
         return None
     stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     return _hash_files(files, folder, stamp)
+
+
+@functools.lru_cache(maxsize=None)
+def _hash_files(files: tuple[Path, ...], root: Path, stamp: tuple) -> str:
+    """:func:`aconvlib.utils.files_fingerprint`, cached per (files, sizes, mtimes) ``stamp``."""
+    return files_fingerprint(files, root)
 
 
 def _hub_fingerprint(spec) -> str:
@@ -411,7 +384,7 @@ def _hub_fingerprint(spec) -> str:
     except Exception:  # noqa: BLE001
         pass
     cfg = spec.config_path
-    digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.exists() else "missing"
+    digest = file_digest(cfg) if cfg.exists() else "missing"
     return f"config sha256:{digest} (architecture only, no weights)"
 
 

@@ -8,8 +8,6 @@ per-layer analyses (:mod:`aconvlib.analysis.locality`) are cached next to them.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import time
@@ -23,6 +21,7 @@ import torch
 from ..analysis import locality as L
 from ..analysis.capture import capture_self_attention
 from ..models import get_spec
+from ..utils import fingerprint, parse_dtype
 
 __all__ = ["CaptureStudy", "analyze_study", "capture_study", "default_prompts", "generation_kwargs", "layer_label",
            "load_study_pipeline", "window_share"]
@@ -38,13 +37,6 @@ REAL_PROMPTS = [
     "a vintage bicycle leaning against a brick wall",
     "an astronaut riding a horse on the moon, digital art",
 ]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _dtype(d) -> torch.dtype:
-    return d if isinstance(d, torch.dtype) else _DTYPES[str(d).replace("torch.", "")]
-
 
 def default_prompts(model: str, n: int, seed: int = 1234) -> list[str]:
     """``n`` prompts: held-out captions of the mini grammar for embedded models, else generic ones."""
@@ -83,7 +75,7 @@ def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str 
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    dtype = _dtype(dtype)
+    dtype = parse_dtype(dtype)
     if weights == "trained":
         from ..models import load_pipeline
 
@@ -163,7 +155,7 @@ class CaptureStudy:
                 f"{len(self.maps)} self-attention layers")
 
 
-def _fingerprint(spec, weights: str) -> str:
+def _weights_identity(spec, weights: str) -> str:
     """Identifies the weights in the cache key: size and mtime of an embedded model's files, else the hub id."""
     if weights != "trained":
         return weights
@@ -175,7 +167,7 @@ def _fingerprint(spec, weights: str) -> str:
 
 
 def _key(params: dict) -> str:
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return fingerprint(params, 12, default=str)
 
 
 def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prompts: int = 4, steps: int = 20,
@@ -213,9 +205,9 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
         prompts = load_prompts(prompts)
     prompts = list(prompts) if prompts is not None else default_prompts(model, n_prompts)
     params = dict(model=spec.name, weights=weights, prompts=prompts, steps=steps, guidance_scale=guidance_scale,
-                  height=height, width=width, seed=seed, dtype=str(_dtype(dtype)).replace("torch.", ""),
+                  height=height, width=width, seed=seed, dtype=str(parse_dtype(dtype)).replace("torch.", ""),
                   capture_steps=None if capture_steps is None else list(capture_steps), layers=layers,
-                  batch_size=batch_size, fingerprint=_fingerprint(spec, weights))
+                  batch_size=batch_size, fingerprint=_weights_identity(spec, weights))
     if scheduler != "dpm":  # the default keeps the cache keys of earlier runs
         params["scheduler"] = scheduler
     path = None
@@ -230,7 +222,7 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
     if pipe is None:
         from .budget import check_memory   # refuse an over-budget run before loading anything
 
-        check_memory([spec.name], device, str(_dtype(dtype)).replace("torch.", ""), height=height, width=width,
+        check_memory([spec.name], device, str(parse_dtype(dtype)).replace("torch.", ""), height=height, width=width,
                      batch_size=min(batch_size, len(prompts)), capture=True)
     pipe = pipe or load_study_pipeline(spec.name, device, dtype, weights, scheduler)
     world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)

@@ -12,9 +12,27 @@ Jupyter); the frame itself is unchanged, so the chapter's records keep full prec
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
-__all__ = ["auto_number", "reading_table", "use_reading_tables"]
+__all__ = ["RowsReport", "auto_number", "reading_table", "use_reading_tables"]
+
+
+@dataclass
+class RowsReport:
+    """What a generating comparison measured: ``rows`` (one dict per model and variant; :attr:`table`),
+    ``lines`` (plain-language notes), ``images`` (model → variant → uint8 [P, H, W, 3]), ``prompts`` (model → list)."""
+
+    rows: list = field(default_factory=list)
+    lines: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)
+    prompts: dict = field(default_factory=dict)
+
+    @property
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
 
 #: columns whose text must not break across lines (model names such as ``pixart-sigma-1024``)
 NOWRAP = ("model", "layer", "grid", "variant", "row", "condition", "student", "claim")

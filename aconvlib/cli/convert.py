@@ -16,7 +16,8 @@ def _convert(args) -> None:
     import pandas as pd
 
     from ..mixers.convert import save_mixer, to_mixer
-    from ..mixers.flops import deltaconv_table, deltaconv_table_frame
+    from ..book.flops_tables import deltaconv_table_frame
+    from ..mixers.flops import deltaconv_table
     from ..models import get_spec, load_denoiser
 
     ks = _kernel_sizes(args.kernel_sizes)

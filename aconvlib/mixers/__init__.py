@@ -20,7 +20,7 @@ from .controls import NoAttention, UniformAttention
 from .convert import (LINEAR_INITS, MIXERS, TRAINABLE_KINDS, MixerAdapter, MixerSelfAttention, build_mixer_adapter,
                       get_adapter, latent_size, load_mixer, mixer_adapter_class, mixer_applied, mixer_layers,
                       resolve_kernel_sizes, restore_attention, save_mixer, to_mixer)
-from .deltaconv import DeltaConvBlock, receptive_field, stage_grid
+from .deltaconv import DeltaConvBlock, stage_gradient_maps, stage_grid
 from .linear_attention import GeneralizedLinearAttention
 from .neighborhood import NeighborhoodAttnProcessor, natten_available, neighborhood_attention, neighborhood_mask
 from .variants import Method, mounted
@@ -30,8 +30,8 @@ __all__ = ["DeltaConvBlock", "GeneralizedLinearAttention", "LINEAR_INITS", "MIXE
            "MixerSelfAttention", "NeighborhoodAttnProcessor", "NoAttention", "TRAINABLE_KINDS", "UniformAttention",
            "WindowAttention", "build_mixer_adapter", "get_adapter", "latent_size", "load_mixer", "mixer_adapter_class",
            "mixer_applied", "mixer_layers", "mounted", "natten_available", "neighborhood_attention",
-           "neighborhood_mask", "receptive_field", "resolve_kernel_sizes", "restore_attention", "save_mixer",
-           "stage_grid", "to_mixer"]
+           "neighborhood_mask", "resolve_kernel_sizes", "restore_attention", "save_mixer",
+           "stage_gradient_maps", "stage_grid", "to_mixer"]
 
 #: the top-level API's ΔConv shortcuts (defined in :mod:`.convert`), resolved here without a warning
 _DELTACONV_SHORTCUTS = ("to_deltaconv", "save_deltaconv", "load_deltaconv")

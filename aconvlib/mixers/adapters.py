@@ -194,38 +194,26 @@ class _ControlAdapter(MixerAdapter):
     def needs_grid(self, spec: dict) -> bool:
         return False
 
+    @register_to_config
+    def __init__(self, layers: list[dict], base_model: str = ""):
+        """Args: ``layers``: one dict per layer (``name``, ``channels``, ``level``); ``base_model``: the
+        denoiser's class name."""
+        super().__init__()
+
 
 class NoAttentionAdapter(_ControlAdapter):
-    """Control: self-attention removed — every ``attn1`` outputs zeros (:class:`~aconvlib.mixers.controls.NoAttention`).
-
-    Args:
-        layers: one dict per layer: ``name``, ``channels``, ``level``.
-        base_model: class name of the denoiser.
-    """
+    """Control: self-attention removed — every ``attn1`` outputs zeros (:class:`~aconvlib.mixers.controls.NoAttention`)."""
 
     kind, title = "none", "no-self-attention"
     block_class = NoAttention
 
-    @register_to_config
-    def __init__(self, layers: list[dict], base_model: str = ""):
-        super().__init__()
-
 
 class UniformAttentionAdapter(_ControlAdapter):
     """Control: uniform attention — every query gets ``to_out(mean_j to_v(x_j))`` on each ``attn1``'s own
-    ``to_v``/``to_out`` (:class:`~aconvlib.mixers.controls.UniformAttention`, shared, nothing copied).
-
-    Args:
-        layers: one dict per layer: ``name``, ``channels``, ``level``.
-        base_model: class name of the denoiser.
-    """
+    ``to_v``/``to_out`` (:class:`~aconvlib.mixers.controls.UniformAttention`, shared, nothing copied)."""
 
     kind, title = "uniform", "uniform-attention"
     block_class = UniformAttention
-
-    @register_to_config
-    def __init__(self, layers: list[dict], base_model: str = ""):
-        super().__init__()
 
 
 MIXERS: dict[str, type[MixerAdapter]] = {c.kind: c for c in (DeltaConvAdapter, LinearAttentionAdapter,

@@ -183,9 +183,15 @@ class DeltaConvBlock(nn.Module):
                 f"gate={self.gate!r}, gate_scale={self.gate_scale!r}")
 
 
-def receptive_field(block: DeltaConvBlock, grid: tuple[int, int], position: tuple[int, int] | None = None,
-                    x: torch.Tensor | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Gradient receptive field of one output position: |∂ y[p] / ∂ x| summed over channels.
+def stage_gradient_maps(block: DeltaConvBlock, grid: tuple[int, int], position: tuple[int, int] | None = None,
+                        x: torch.Tensor | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The gradient map G_p of one output position, stage by stage (chapter 6's receptive-field figure).
+
+    G_p is the one definition of :mod:`aconvlib.analysis.receptive_field` (|∂ Σ_c' y[p, c'] / ∂ x| summed over
+    input channels, :func:`~aconvlib.analysis.receptive_field.gradient_map`), applied to each part of the block.
+    The ERF of a whole mixer in a denoiser (a number, from G_p's window mass) is
+    :func:`~aconvlib.analysis.receptive_field.mixer_receptive_field`; the ERF read off an attention map's ASM curve
+    is :func:`~aconvlib.analysis.locality.erf`.
 
     Args:
         block: a ΔConvBlock (its own weights; untrained is fine).
@@ -194,31 +200,39 @@ def receptive_field(block: DeltaConvBlock, grid: tuple[int, int], position: tupl
         x: input tokens ``[1, H·W, C]``; default standard normal with ``seed``.
 
     Returns:
-        ``{"stage_0": [H, W], "stage_1": [H, W], ..., "local": [H, W], "total": [H, W]}``: ``stage_i`` the
-        gradient of pyramid stage i's output at p (summed over its channels; its scale and K are
-        ``block.stages[i]``'s), ``local`` that of the block output without the pool branch, ``total`` that of
-        the block output (the pool branch adds the same value at every position). Labels are the book's.
+        ``{"stage_0": [H, W], "stage_1": [H, W], ..., "local": [H, W], "total": [H, W]}`` (float32, CPU):
+        ``stage_i`` the map of pyramid stage i's output (its scale and K are ``block.stages[i]``'s), ``local``
+        that of the block output without the pool branch, ``total`` that of the block (the pool branch adds
+        the same value at every position). Keys are stable; labels are the book's.
     """
+    from ..analysis.receptive_field import gradient_map
+
     h, w = grid
-    py, px = position if position is not None else (h // 2, w // 2)
-    p = py * w + px
+    position = position if position is not None else (h // 2, w // 2)
     if x is None:
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(1, h * w, block.dim, generator=gen)
+        x = torch.randn(1, h * w, block.dim, generator=torch.Generator().manual_seed(seed))
     p0 = next(block.parameters())
-    x = x.to(device=p0.device, dtype=p0.dtype).detach().requires_grad_(True)
-    out = {}
-    stages = block.forward_stages(x, grid)
-    for i, st in enumerate(stages):
-        (g,) = torch.autograd.grad(st[0, py, px].sum(), x, retain_graph=True)
-        out[f"stage_{i}"] = g[0].abs().sum(-1).view(h, w)
-    y_local = block.out_proj(torch.cat(stages, -1).view(1, h * w, -1))
-    (g,) = torch.autograd.grad(y_local[0, p].sum(), x, retain_graph=True)
-    out["local"] = g[0].abs().sum(-1).view(h, w)
-    y = y_local + block.pool_proj(x.mean(1, keepdim=True))
-    (g,) = torch.autograd.grad(y[0, p].sum(), x)
-    out["total"] = g[0].abs().sum(-1).view(h, w)
-    return {k: v.detach().float().cpu() for k, v in out.items()}
+    x = x.to(device=p0.device, dtype=p0.dtype)
+
+    def stage(i):  # tokens [B, N, C] -> stage i's output as tokens [B, N, C_i]
+        return lambda t: block.forward_stages(t, grid)[i].reshape(t.shape[0], h * w, -1)
+
+    def local(t):  # the block without its pool branch
+        return block.out_proj(torch.cat(block.forward_stages(t, grid), dim=-1).reshape(t.shape[0], h * w, -1))
+
+    parts = {**{f"stage_{i}": stage(i) for i in range(len(block.stages))}, "local": local,
+             "total": lambda t: block(t, grid)}
+    return {k: gradient_map(fn, x, grid, position).float() for k, fn in parts.items()}
 
 
-__all__ = ["DeltaConvBlock", "PyramidStage", "receptive_field", "stage_grid"]
+def __getattr__(name: str):
+    if name == "receptive_field":   # the earlier name (it returns maps, not a receptive field)
+        import warnings
+
+        warnings.warn("aconvlib.mixers.deltaconv.receptive_field is now stage_gradient_maps", DeprecationWarning,
+                      stacklevel=2)
+        return stage_gradient_maps
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DeltaConvBlock", "PyramidStage", "stage_gradient_maps", "stage_grid"]

@@ -22,8 +22,9 @@ The mixers of the paper's comparison, per sample, 2 FLOPs per multiply-add (MAC)
 :func:`mixer_table` gives one :class:`MixerRow` per layer for any kind (a stock denoiser and the
 kind's options, or a converted one), :func:`count_mixer_flops` runs every converted mixer on a small
 input under ``torch.utils.flop_counter.FlopCounterMode`` to cross-check the formulas, and
-:func:`ditfastattn_window` back-solves a DiTFastAttn entry; the paper's Table 1 beside our counts is the book's
-(:mod:`aconvlib.book.table1`).
+:func:`ditfastattn_window` back-solves a DiTFastAttn entry. Rows are typed (:class:`MixerRow`, :class:`ConversionRow`,
+:class:`LayerFlops`); per-model tables and their display frames are the book's (:mod:`aconvlib.book.flops_tables`),
+as is the paper's Table 1 beside our counts (:mod:`aconvlib.book.table1`).
 """
 from __future__ import annotations
 
@@ -31,8 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import (default_latent_hw, family_of, get_denoiser, get_spec, load_denoiser,
-                      self_attention_layers)
+from ..models import default_latent_hw, family_of, get_denoiser, self_attention_layers
 from .convert import get_adapter, latent_size, mixer_adapter_class, mixer_layers
 from . import kernels
 from .deltaconv import stage_grid
@@ -64,61 +64,6 @@ def attention_flops_table(denoiser: torch.nn.Module, latent_hw: tuple[int, int])
     """Per self-attention layer of ``denoiser``: grid, heads, head dim and attention-core FLOPs."""
     return [LayerFlops(l.name, l.grid, l.heads, l.head_dim, l.channels, attention_flops(l.tokens, l.channels))
             for l in self_attention_layers(denoiser, latent_hw)]
-
-
-def self_attention_table(model: str, resolutions=(512, 1024)):
-    """One row per self-attention layer of ``model`` (architecture only, no weights).
-
-    Columns: layer, heads, head_dim, channels, and for each resolution ``px`` the token grid
-    ``grid@px`` and the attention-core FLOPs ``GFLOPs@px`` (paper's formula).
-    """
-    import pandas as pd
-
-    spec = get_spec(model)
-    den = load_denoiser(model, weights=False, device="meta")
-    rows: dict[str, dict] = {}
-    for px in resolutions:
-        for l in attention_flops_table(den, spec.latent_grid(px, px)):
-            r = rows.setdefault(l.name, {"layer": l.name, "heads": l.heads, "head_dim": l.head_dim,
-                                         "channels": l.channels})
-            r[f"grid@{px}"] = f"{l.grid[0]}x{l.grid[1]}"
-            r[f"GFLOPs@{px}"] = l.flops / 1e9
-    return pd.DataFrame(list(rows.values()))
-
-
-def _hw(size) -> tuple[int, int]:
-    """An image size given as ``side`` (square) or ``(height, width)``."""
-    if isinstance(size, (int, float)):
-        return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
-
-
-def _models_and_sizes(models, sizes):
-    """``(model, meta denoiser, height, width, latent grid)`` for every model and image size."""
-    for model in models:
-        spec = get_spec(model)
-        den = load_denoiser(model, weights=False, device="meta")
-        for size in sizes:
-            h, w = _hw(size)
-            yield model, den, h, w, spec.latent_grid(h, w)
-
-
-def flops_vs_resolution(models, sizes):
-    """Long table: model, image size, number of self-attention layers, total and mean attention GFLOPs.
-
-    ``sizes`` are sides (square images) or ``(height, width)`` pairs, e.g. ``(2160, 3840)`` for 4K.
-    Totals are per denoiser call at batch 1 (no CFG doubling).
-    """
-    import pandas as pd
-
-    out = []
-    for model, den, h, w, latent in _models_and_sizes(models, sizes):
-        table = attention_flops_table(den, latent)
-        total = sum(l.flops for l in table)
-        out.append({"model": model, "size": f"{h}x{w}", "height": h, "width": w, "px": (h * w) ** 0.5,
-                        "layers": len(table), "total_GFLOPs": total / 1e9, "mean_GFLOPs": total / len(table) / 1e9})
-    return pd.DataFrame(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,27 +236,6 @@ def mixer_table(denoiser: torch.nn.Module, kind: str | None = None, latent_hw: t
     return rows
 
 
-def _frame_with_total(records: list[dict], not_summed: list[str]):
-    """A DataFrame of ``records`` plus a TOTAL row summing the numeric columns (``not_summed`` left blank)."""
-    import pandas as pd
-
-    df = pd.DataFrame(records)
-    total = df.select_dtypes("number").sum()
-    total[not_summed] = float("nan")
-    text = {c: "" for c in df.columns if c not in total.index}
-    df.loc[len(df)] = {**text, "layer": "TOTAL", **total.to_dict()}
-    return df
-
-
-def mixer_table_frame(rows: list[MixerRow]):
-    """The rows as a pandas DataFrame (parameters in M, FLOPs in GFLOPs) with a TOTAL row."""
-    return _frame_with_total([{
-        "layer": r.name, "kind": r.kind, "level": r.level, "grid": f"{r.grid[0]}×{r.grid[1]}", "C": r.channels,
-        "setting": r.detail, "attn params (M)": r.attn_params / 1e6, "mixer params (M)": r.mixer_params / 1e6,
-        "attn GFLOPs (paper formula)": r.attn_flops / 1e9, "attn GFLOPs (2/MAC)": r.attn_flops_2mac / 1e9,
-        "mixer GFLOPs (2/MAC)": r.mixer_flops / 1e9, "formula": r.formula} for r in rows], ["level", "C"])
-
-
 def count_mixer_flops(pipe_or_denoiser, latent_hw: tuple[int, int] | None = None, batch: int = 1,
                       seed: int = 0) -> list[dict]:
     """Run every converted mixer of a denoiser once on random tokens under ``FlopCounterMode``.
@@ -388,15 +312,6 @@ def deltaconv_table(denoiser: torch.nn.Module, latent_hw: tuple[int, int] | None
             for r in mixer_table(den, "deltaconv", latent_hw, **options)]
 
 
-def deltaconv_table_frame(rows: list[ConversionRow]):
-    """The rows as a pandas DataFrame (parameters in M, FLOPs in GFLOPs) with a TOTAL row."""
-    return _frame_with_total([{
-        "layer": r.name, "level": r.level, "grid": f"{r.grid[0]}×{r.grid[1]}", "C": r.channels, "K": r.kernel_size,
-        "attn params (M)": r.attn_params / 1e6, "ΔConv params (M)": r.deltaconv_params / 1e6,
-        "attn GFLOPs (paper formula)": r.attn_flops / 1e9, "attn GFLOPs (2/MAC)": r.attn_flops_2mac / 1e9,
-        "ΔConv GFLOPs": r.deltaconv_flops / 1e9} for r in rows], ["level", "C", "K"])
-
-
 def ditfastattn_window(tokens: int, channels: int, flops: float, batch: int = 2) -> tuple[float, int]:
     """Back-solve a DiTFastAttn entry: ``(kept share ρ of the N² work, odd 1-D window w)``.
 
@@ -416,9 +331,8 @@ def ditfastattn_window(tokens: int, channels: int, flops: float, batch: int = 2)
 
 __all__ = ["ConversionRow", "LayerFlops", "MixerRow", "attention_flops",
            "attention_flops_2mac", "attention_flops_table", "count_mixer_flops", "deltaconv_flops",
-           "deltaconv_flops_breakdown", "deltaconv_params", "deltaconv_table", "deltaconv_table_frame",
-           "ditfastattn_window", "flops_vs_resolution", "linear_attention_flops", "linear_attention_params",
-           "mixer_table", "mixer_table_frame", "self_attention_table",
+           "deltaconv_flops_breakdown", "deltaconv_params", "deltaconv_table",
+           "ditfastattn_window", "linear_attention_flops", "linear_attention_params", "mixer_table",
            "window_attention_flops", "window_pairs"]
 
 
@@ -431,41 +345,4 @@ def attention_terms(tokens: int, channels: int) -> dict[str, int]:
     return {"projections": 4 * n * c * c, "quadratic": 4 * n * n * c + 4 * n * n}
 
 
-def dominant_terms(models, sizes):
-    """Per model and image size, the self-attention FLOPs of one denoiser call (batch 1, paper's formula) split
-    into the projection term 4NC'² and the N² terms 4N²C' + 4N², summed over every ``attn1`` layer, and which
-    part is larger (``dominant``: ``"N² terms"`` or ``"projections"``), with the number of layers where the N²
-    terms are larger. A pandas DataFrame, one row per (model, size)."""
-    import pandas as pd
-
-    out = []
-    for model, den, h, w, latent in _models_and_sizes(models, sizes):
-        layers = self_attention_layers(den, latent)
-        terms = [attention_terms(l.tokens, l.channels) for l in layers]
-        proj = sum(t["projections"] for t in terms)
-        quad = sum(t["quadratic"] for t in terms)
-        out.append({"model": model, "px": (h * w) ** 0.5, "size": f"{h}x{w}", "layers": len(layers),
-                    "projections_GFLOPs": proj / 1e9, "quadratic_GFLOPs": quad / 1e9,
-                    "quadratic_share": quad / (proj + quad),
-                    "dominant": "N² terms" if quad > proj else "projections",
-                    "layers_N2_dominant": sum(t["quadratic"] > t["projections"] for t in terms)})
-    return pd.DataFrame(out)
-
-
-def growth_per_doubling(frame, value: str = "total_GFLOPs"):
-    """From :func:`flops_vs_resolution` (or :func:`dominant_terms`): per model, the factor by which ``value``
-    grows from each size to the next one whose side is twice as large (``px`` doubles). A DataFrame with
-    ``model``, ``from_px``, ``to_px``, ``factor``. A pure N² law gives 16 per doubling, a linear one 4."""
-    import pandas as pd
-
-    rows = []
-    for model, f in frame.groupby("model", sort=False):
-        by_px = dict(zip(f["px"].round(6), f[value]))
-        for px, v in by_px.items():
-            nxt = round(2 * px, 6)
-            if nxt in by_px:
-                rows.append({"model": model, "from_px": px, "to_px": nxt, "factor": by_px[nxt] / v})
-    return pd.DataFrame(rows, columns=["model", "from_px", "to_px", "factor"])
-
-
-__all__ += ["attention_terms", "dominant_terms", "growth_per_doubling"]
+__all__ += ["attention_terms"]

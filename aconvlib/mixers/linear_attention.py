@@ -38,28 +38,17 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import check_grid, positive_int
+
 __all__ = ["GeneralizedLinearAttention", "linear_attention_flops", "linear_attention_flops_breakdown",
            "FLOP_CONVENTIONS"]
 
 FLOP_CONVENTIONS = ("paper", "2mac")
-
-
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return v
 
 
 def _hidden_dim(channels: int, hidden_ratio: float) -> int:
@@ -71,19 +60,7 @@ def _hidden_dim(channels: int, hidden_ratio: float) -> int:
 
 def _check_grid(grid, n: int, who: str) -> tuple[int, int] | None:
     """``None`` or a validated ``(H, W)`` with ``H·W == n``."""
-    if grid is None:
-        return None
-    try:
-        h, w = grid
-        h, w = operator.index(h), operator.index(w)
-    except (TypeError, ValueError):
-        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}")
-    if h * w != n:
-        raise ValueError(f"{who}: grid {h}x{w} has {h * w} tokens but the input has N = {n} tokens "
-                         f"(tokens must be the H·W grid in raster order)")
-    return h, w
+    return None if grid is None else check_grid(grid, n, who)
 
 
 def _feature_mlp(channels: int, hidden: int, negative_slope: float, device=None, dtype=None) -> nn.Sequential:
@@ -118,12 +95,12 @@ class GeneralizedLinearAttention(nn.Module):
                  qkv_bias: bool = False, out_bias: bool = True, eps: float = 1e-4, negative_slope: float = 0.01,
                  dropout: float = 0.0, device=None, dtype=None):
         super().__init__()
-        c = _positive_int(query_dim, "query_dim")
-        self.heads = _positive_int(heads, "heads")
-        self.head_dim = _positive_int(dim_head, "dim_head")
+        c = positive_int(query_dim, "query_dim")
+        self.heads = positive_int(heads, "heads")
+        self.head_dim = positive_int(dim_head, "dim_head")
         self.inner_dim = self.heads * self.head_dim
         self.query_dim = c
-        self.out_dim = c if out_dim is None else _positive_int(out_dim, "out_dim")
+        self.out_dim = c if out_dim is None else positive_int(out_dim, "out_dim")
         self.hidden_ratio = float(hidden_ratio)
         self.hidden_dim = _hidden_dim(c, hidden_ratio)
         if not eps > 0:
@@ -284,9 +261,9 @@ def linear_attention_flops_breakdown(tokens: int, channels: int, hidden_ratio: f
     the residuals x + f(x) (2·N·C), φ = ELU + 1 on q and k (2 each: 4·N·C), the key mean z (N·C),
     the divisions of S and z by N (C·d + C), + eps (N·heads) and the division num/den (N·C).
     """
-    n = _positive_int(tokens, "tokens")
-    c = _positive_int(channels, "channels")
-    h = _positive_int(heads, "heads")
+    n = positive_int(tokens, "tokens")
+    c = positive_int(channels, "channels")
+    h = positive_int(heads, "heads")
     if c % h:
         raise ValueError(f"channels {c} not divisible by heads {h}")
     d, m = c // h, _hidden_dim(c, hidden_ratio)

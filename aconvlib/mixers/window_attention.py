@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import check_grid, positive_int
 from .linear_attention import FLOP_CONVENTIONS, _check_call, _check_self_attention
 
 __all__ = ["WindowAttention", "WINDOW_MODES", "window_mask", "window_pairs", "window_attention_flops",
@@ -67,36 +68,14 @@ def _check_mode(mode) -> str:
     return mode
 
 
-def _check_grid(grid, n: int | None, who: str) -> tuple[int, int]:
-    try:
-        h, w = grid
-        h, w = operator.index(h), operator.index(w)
-    except (TypeError, ValueError):
-        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"{who}: grid must be a pair of positive integers (H, W), got {grid!r}")
-    if n is not None and h * w != n:
-        raise ValueError(f"{who}: grid {h}x{w} has {h * w} tokens but the input has N = {n} tokens "
-                         f"(tokens must be the H·W grid in raster order)")
-    return h, w
-
-
 def _tokens_and_grid(size, mode: str, who: str) -> tuple[int, tuple[int, int] | None]:
     """``size`` is N (1d only) or (H, W); returns N and the grid (or None)."""
     if isinstance(size, (tuple, list)):
-        h, w = _check_grid(size, None, who)
+        h, w = check_grid(size, None, who)
         return h * w, (h, w)
     if mode == "2d":
         raise ValueError(f"{who}: mode='2d' needs the token grid (H, W), got {size!r}")
-    if isinstance(size, bool):
-        raise ValueError(f"{who}: tokens must be a positive integer, got {size!r}")
-    try:
-        n = operator.index(size)
-    except TypeError:
-        raise ValueError(f"{who}: tokens must be a positive integer or a grid (H, W), got {size!r}") from None
-    if n < 1:
-        raise ValueError(f"{who}: tokens must be a positive integer, got {size!r}")
-    return n, None
+    return positive_int(size, f"{who}: tokens (or a grid (H, W))"), None
 
 
 def _covers_all(n: int, grid, window: int, mode: str) -> bool:
@@ -203,7 +182,7 @@ class WindowAttention(nn.Module):
         self.scale = float(self.head_dim ** -0.5 if scale is None else scale)
         self._window = _check_window(window)
         self._mode = _check_mode(mode)
-        self.grid = None if grid is None else _check_grid(grid, None, type(self).__name__)
+        self.grid = None if grid is None else check_grid(grid, None, type(self).__name__)
         self._masks: OrderedDict = OrderedDict()
 
     @classmethod
@@ -234,7 +213,7 @@ class WindowAttention(nn.Module):
 
     def set_grid(self, grid: tuple[int, int] | None) -> None:
         """Default token grid for calls that pass none (needed by ``mode="2d"``)."""
-        self.grid = None if grid is None else _check_grid(grid, None, type(self).__name__)
+        self.grid = None if grid is None else check_grid(grid, None, type(self).__name__)
 
     def mask(self, n: int, grid: tuple[int, int] | None, device) -> torch.Tensor | None:
         """The cached boolean mask for N tokens (``None`` when the window covers all keys)."""
@@ -264,7 +243,7 @@ class WindowAttention(nn.Module):
         b, n, _ = hidden_states.shape
         g = grid if grid is not None else self.grid
         if g is not None:
-            g = _check_grid(g, n, who)
+            g = check_grid(g, n, who)
         elif self._mode == "2d":
             raise ValueError(f"{who}(mode='2d') needs the token grid: pass grid=(H, W) to forward or call "
                              f"set_grid((H, W)) (N = {n} tokens)")

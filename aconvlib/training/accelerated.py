@@ -66,6 +66,7 @@ import torch
 
 from ..mixers.convert import get_adapter, mixer_layers, save_mixer
 from ..models import denoise, family_of, get_denoiser, self_attention_layers
+from ..utils import parse_dtype
 from .distill import DistillConfig, install_student, make_student, min_snr_weight, to_epsilon
 from .loop import RunLoop, atomic_save
 from .preview import PreviewSampler, image_grid
@@ -73,8 +74,14 @@ from .preview import PreviewSampler, image_grid
 __all__ = ["AcceleratedDistiller", "Distiller", "PreviewSampler", "RESUME_FIELDS", "ResumeError", "RunConfig", "SharedTeacher",
            "check_resume", "image_grid", "resolve_weight_dtype"]
 
-_MP = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-_WD = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: accelerate's ``mixed_precision`` values ("no": no autocast) and the weight dtypes a run accepts
+#: (spelled as accelerate spells them; :func:`aconvlib.utils.parse_dtype` makes the torch dtype)
+MIXED_PRECISION = ("no", "bf16", "fp16")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
+
+
+def _autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    return None if mixed_precision == "no" else parse_dtype(mixed_precision)
 
 #: Fields that must agree between a checkpoint and the run resuming it (others — steps, ckpt/log
 #: intervals, deadline, precision, accumulation, checkpointing, previews — may change).
@@ -107,9 +114,10 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.mixed_precision not in _MP:
-            raise ValueError(f"mixed_precision must be one of {', '.join(_MP)}, got {self.mixed_precision!r}")
-        if self.weight_dtype not in ("auto", *_WD):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
+        if self.weight_dtype not in ("auto", *WEIGHT_DTYPES):
             raise ValueError(f"weight_dtype must be auto, fp32, bf16 or fp16, got {self.weight_dtype!r}")
         if self.mixed_precision == "no" and self.weight_dtype not in ("auto", "fp32"):
             raise ValueError(f"weight_dtype={self.weight_dtype} needs autocast: set mixed_precision to "
@@ -129,8 +137,8 @@ class RunConfig:
 def resolve_weight_dtype(run: RunConfig) -> torch.dtype:
     """The dtype of the frozen weights: ``weight_dtype``, or the autocast dtype for ``auto``."""
     if run.weight_dtype == "auto":
-        return _MP[run.mixed_precision] or torch.float32
-    return _WD[run.weight_dtype]
+        return _autocast_dtype(run.mixed_precision) or torch.float32
+    return parse_dtype(run.weight_dtype)
 
 
 def _plain(obj):
@@ -261,7 +269,7 @@ class AcceleratedDistiller(RunLoop):
                          max_minutes=cfg.max_minutes, desc="distill", quiet=quiet or not self.is_main)
         self.device = torch.device(device) if device is not None and self.world == 1 else torch.device(state.device)
         self.identity = dict(identity or {})
-        self.amp_dtype = _MP[run.mixed_precision]
+        self.amp_dtype = _autocast_dtype(run.mixed_precision)
         wdtype = resolve_weight_dtype(run)
 
         # -- teacher and student ---------------------------------------------------------------------

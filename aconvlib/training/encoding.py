@@ -48,7 +48,7 @@ from ..models import family_of, get_denoiser, text_conditioning
 from ..utils import atomic_write_json, parse_dtype
 from .data import (BucketBatchSampler, BucketTable, DataError, ImageCaptionFolder, ImageCaptionSource,
                        PreparedBuckets, TarShards, prepare_buckets)
-from .latent_cache import CacheError, LatentCache, model_fingerprint
+from .latent_cache import CacheError, LatentCache, gather_arguments, model_fingerprint
 
 __all__ = ["CacheSet", "PipelineEncoder", "build_cache_parts", "build_image_cache", "cached_batches", "grid_factors",
            "grid_multiple",
@@ -419,12 +419,7 @@ class CacheSet:
 
     def gather(self, indices, drop=None) -> dict:
         """Samples by global index (one bucket), in order; rows where ``drop`` get the uncond text states."""
-        if hasattr(indices, "indices") and hasattr(indices, "drop"):
-            drop = indices.drop if drop is None else drop
-            indices = indices.indices
-        indices = [int(i) for i in indices]
-        if not indices:
-            raise CacheError("empty index list")
+        indices, drop = gather_arguments(indices, drop)
         drop = [False] * len(indices) if drop is None else [bool(d) for d in drop]
         by_part: dict[int, list[int]] = {}
         for pos, i in enumerate(indices):

@@ -68,6 +68,18 @@ class CacheError(ValueError):
     """A latent cache cannot be built or read as asked; the message says which file or batch."""
 
 
+def gather_arguments(indices, drop=None) -> tuple[list[int], Any]:
+    """``(indices, drop)`` of a cache's ``gather``: a sampler's ``SampledBatch`` is unpacked (its ``drop`` unless one
+    is given), indices become ints; an empty list is a :class:`CacheError`."""
+    if hasattr(indices, "indices") and hasattr(indices, "drop"):
+        drop = indices.drop if drop is None else drop
+        indices = indices.indices
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise CacheError("empty index list")
+    return indices, drop
+
+
 # --------------------------------------------------------------------------------------------------
 # Fingerprints
 # --------------------------------------------------------------------------------------------------
@@ -506,12 +518,7 @@ class LatentCache:
     def gather(self, indices: Sequence[int] | Any, drop: Sequence[bool] | torch.Tensor | None = None) -> dict[str, Any]:
         """Samples by global index (all from one bucket), in the given order; accepts a sampler's
         ``SampledBatch`` (its ``indices`` and ``drop``). Rows are read with ``safe_open`` slices."""
-        if hasattr(indices, "indices") and hasattr(indices, "drop"):
-            drop = indices.drop if drop is None else drop
-            indices = indices.indices
-        indices = [int(i) for i in indices]
-        if not indices:
-            raise CacheError("empty index list")
+        indices, drop = gather_arguments(indices, drop)
         meta, n = self.meta, self.num_samples
         loc = []
         for i in indices:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..utils import fingerprint as _fingerprint
+from ..utils import iter_json_lines
 
 __all__ = ["PROMPT_FIELDS", "PromptError", "load_prompts", "prompts_fingerprint", "shard_indices"]
 
@@ -76,13 +77,7 @@ def load_prompts(path: str | os.PathLike, column: str | None = None, *, limit: i
     suffix = path.suffix.lower()
     rows: list[tuple[str, str]] = []  # (where, prompt)
     if suffix in (".jsonl", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise PromptError(f"{path}, line {n}: not valid JSON ({e})") from None
+        for n, obj in iter_json_lines(text, lambda n, e: PromptError(f"{path}, line {n}: not valid JSON ({e})")):
             rows.append((f"line {n}", _pick(f"line {n}", path, obj, column)))
     elif suffix == ".json":
         try:

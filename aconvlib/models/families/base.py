@@ -45,9 +45,11 @@ class DenoiserFamily:
         return type(denoiser).__name__ in self.class_names
 
     def model_class(self, config: Mapping[str, Any] | None = None):
-        """The diffusers class used to load this family's denoisers (``config``: the denoiser's, when the family has
-        several classes; None: any of them, read from the checkpoint)."""
-        raise NotImplementedError
+        """The diffusers class used to load this family's denoisers (the first of :attr:`class_names`; ``config``: the
+        denoiser's, read by families with several classes)."""
+        import diffusers
+
+        return getattr(diffusers, self.class_names[0])
 
     def kind(self, denoiser) -> str:
         """Which published model the architecture follows, for per-model tables (``"sd15"``, ``"sdxl"``, ``"pixart"``)."""

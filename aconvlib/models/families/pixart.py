@@ -10,11 +10,6 @@ class PixArtFamily(DenoiserFamily):
     pipeline_attr = "transformer"
     embedded_alternative = "mini-dit"
 
-    def model_class(self, config=None):
-        from diffusers import PixArtTransformer2DModel
-
-        return PixArtTransformer2DModel
-
     def kind(self, denoiser) -> str:
         return "pixart"
 

@@ -37,11 +37,6 @@ class UNetFamily(DenoiserFamily):
     pipeline_attr = "unet"
     embedded_alternative = "mini-sd"
 
-    def model_class(self, config=None):
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel
-
     def kind(self, denoiser) -> str:
         return "sdxl" if self.needs_text_time(denoiser) else "sd15"
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from PIL import Image
 
 from .common import IMAGE_EXTENSIONS, DataError, DataWarning, _and_more, _sha256, _workers
+from ...utils import iter_json_lines
 from .images import _decode_rgb, _inspect
 
 
@@ -277,13 +278,7 @@ def _read_manifest(path: Path) -> list[tuple[str, str, str]]:
             for i, obj in enumerate(items):
                 take(f"item {i}", obj)
             return rows
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"manifest {path}, line {n}: not valid JSON ({e})") from None
+        for n, obj in iter_json_lines(text, lambda n, e: DataError(f"manifest {path}, line {n}: not valid JSON ({e})")):
             take(f"line {n}", obj)
         return rows
     if suffix in (".csv", ".tsv"):
