@@ -33,6 +33,7 @@ import torch
 from .buckets import SDXL_BUCKETS, area_buckets, pixart_bins
 from .families import get_family, supported_classes
 from .resources import config_dir, models_dir
+from .sampling import Sampling
 
 
 class UnknownModelError(KeyError):
@@ -106,6 +107,8 @@ class ModelSpec:
         aliases: other names :func:`lookup_spec` accepts (besides the name, the hub id and the hub repo's name).
         licence: the weights' licence, as the hub repo names it.
         gated: the hub repo asks you to accept that licence (and to be logged in) before it lets you download.
+        sampling: the model's own sampler settings (:class:`~aconvlib.models.sampling.Sampling`), for models
+            distilled or trained for one; None: the chapters' setting (the paper's DPM-Solver++ steps and guidance).
     """
 
     name: str
@@ -122,6 +125,7 @@ class ModelSpec:
     aliases: tuple = ()
     licence: str = ""
     gated: bool = False
+    sampling: Optional[Sampling] = None
 
     @property
     def denoiser_subfolder(self) -> str:
@@ -522,6 +526,9 @@ def load_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch
     return pipe.to(device)
 
 
+#: where the joint models' sampling defaults come from
+_CARD = "the hub model card's diffusers example"
+
 for _spec in (
     # SD1.5 was trained on square 512² crops only: its buckets are the common 512²-area scheme of fine-tuning
     # scripts (17 buckets); SDXL's are its paper's table; PixArt-Σ's are diffusers' aspect-ratio bins.
@@ -541,16 +548,20 @@ for _spec in (
     # Joint-attention transformers: text and image tokens in one attention (aconvlib.models.families.joint); FLUX
     # packs 2×2 latent cells per token, SD3 patchifies 2×2: both (H/16, W/16) tokens. No bucket tables published.
     ModelSpec("flux-schnell", "joint", "black-forest-labs/FLUX.1-schnell", 1024, 8, 2, licence="apache-2.0",
-              description="FLUX.1 [schnell] (MMDiT, 19 double- + 38 single-stream attention layers, 4 steps)"),
+              description="FLUX.1 [schnell] (MMDiT, 19 double- + 38 single-stream attention layers, 4 steps)",
+              sampling=Sampling(4, 0.0, max_sequence_length=256, source=_CARD)),
     ModelSpec("flux-dev", "joint", "black-forest-labs/FLUX.1-dev", 1024, 8, 2, gated=True,
               licence="FLUX.1 [dev] Non-Commercial License",
-              description="FLUX.1 [dev] (MMDiT, 19 double- + 38 single-stream attention layers, guidance-distilled)"),
+              description="FLUX.1 [dev] (MMDiT, 19 double- + 38 single-stream attention layers, guidance-distilled)",
+              sampling=Sampling(50, 3.5, max_sequence_length=512, source=_CARD)),
     ModelSpec("sd3.5-medium", "joint", "stabilityai/stable-diffusion-3.5-medium", 1024, 8, 2, gated=True,
               licence="Stability AI Community License",
-              description="Stable Diffusion 3.5 Medium (MMDiT-X, 24 joint + 13 image-only attention layers)"),
+              description="Stable Diffusion 3.5 Medium (MMDiT-X, 24 joint + 13 image-only attention layers)",
+              sampling=Sampling(40, 4.5, source=_CARD)),
     ModelSpec("sd3.5-large", "joint", "stabilityai/stable-diffusion-3.5-large", 1024, 8, 2, gated=True,
               licence="Stability AI Community License",
-              description="Stable Diffusion 3.5 Large (MMDiT, 38 joint attention layers)"),
+              description="Stable Diffusion 3.5 Large (MMDiT, 38 joint attention layers)",
+              sampling=Sampling(28, 3.5, source=_CARD)),
     ModelSpec("mini-sd", "unet", None, 64, 2, 1, embedded=True,
               description="embedded SD1.5-topology U-Net, 64 px, pixel-unshuffle latent (10 self-attention layers)"),
     ModelSpec("mini-dit", "dit", None, 64, 2, 2, embedded=True,
