@@ -69,7 +69,7 @@ def resolve_adapter(value, base: Optional[Path] = None) -> tuple[Optional[str], 
     return None, f"no adapter at {p} (no config.json)"
 
 
-def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batch_size) -> np.ndarray:
+def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batch_size, **call) -> np.ndarray:
     import torch
 
     from .studies import generation_kwargs
@@ -78,7 +78,7 @@ def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batc
     for i in range(0, len(prompts), batch_size):
         gen = torch.Generator("cpu").manual_seed(seed + i)
         res = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
-                   generator=gen, height=height, width=width, **generation_kwargs(pipe))
+                   generator=gen, height=height, width=width, **generation_kwargs(pipe), **call)
         out += [np.asarray(im.convert("RGB")) for im in res.images]
     return np.stack(out)
 
@@ -96,7 +96,9 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
     """Teacher samples of every real model in ``models`` and, where ``adapters`` has one, its ΔConv student's.
 
     Memory is checked for all models before any work (:func:`aconvlib.book.budget.check_memory`). Sampling is the
-    studies' (DPM-Solver++, :func:`aconvlib.book.studies.load_study_pipeline`); teacher and student use the same
+    studies' (DPM-Solver++, :func:`aconvlib.book.studies.load_study_pipeline`; a model with its own sampler, FLUX.1
+    and SD3.5, takes its scheduler, steps and guidance from its spec, :func:`~aconvlib.book.studies.
+    model_generation`); teacher and student use the same
     prompts and the same initial noise. Adapters: ``model → local folder (relative to adapter_base) or hub id``.
     """
     import torch
@@ -104,7 +106,7 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
     from ..mixers.variants import mounted
     from ..models import get_spec
     from .budget import check_memory
-    from .studies import default_prompts, load_study_pipeline
+    from .studies import default_prompts, load_study_pipeline, model_generation
 
     report = RealAdapterReport()
     models = list(models or [])
@@ -122,21 +124,24 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
         h, w = height or spec.default_px, width or spec.default_px
         texts = list(prompts) if prompts is not None else default_prompts(m, n_prompts)
         location, why = resolve_adapter(adapters.get(m), adapter_base)
-        pipe = load_study_pipeline(m, device, dtype)
-        kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)
+        own = model_generation(m, dict(steps=steps, guidance_scale=guidance_scale))
+        pipe = load_study_pipeline(m, device, dtype, scheduler=own.get("scheduler"))
+        kw = dict(steps=own["steps"], guidance_scale=own["guidance_scale"], height=h, width=w, seed=seed,
+                  batch_size=batch_size, **({"max_sequence_length": own["max_sequence_length"]}
+                                            if "max_sequence_length" in own else {}))
         images, seconds = {}, {}
         for method in (TEACHER, STUDENT) if location is not None else (TEACHER,):
             t0 = time.perf_counter()
             with mounted(pipe, method, adapter=location):
                 images[method] = _generate(pipe, texts, **kw)
             seconds[method] = round((time.perf_counter() - t0) / len(texts), 3)
-        row = dict(model=m, adapter=location or "none", prompts=len(texts), size=f"{h}x{w}", steps=steps,
+        row = dict(model=m, adapter=location or "none", prompts=len(texts), size=f"{h}x{w}", steps=kw["steps"],
                    teacher_s_per_image=seconds[TEACHER])
         if location is not None:
             row["student_s_per_image"] = seconds[STUDENT]
             row["rmse_student_vs_teacher"] = _rmse(images[STUDENT], images[TEACHER])
             report.lines.append(f"{m}: ΔConv student from {why} evaluated against its teacher on {len(texts)} prompt(s), "
-                                f"same noise, {h}x{w} px, {steps} steps.")
+                                f"same noise, {h}x{w} px, {kw['steps']} steps.")
         else:
             report.lines.append(f"{m}: no distilled ΔConv adapter available ({why}); shown: the teacher's samples only. "
                                 f"The paper's Table 3 students are not published; distill one with "
