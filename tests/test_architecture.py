@@ -173,6 +173,7 @@ def test_the_atomic_write_check_can_fail(tmp_path):
 # fixtures), an RNG seed derived from a key, an image record's content hash and the latent cache's tensor hash
 # (its keys must stay valid for existing caches).
 HASHLIB_ALLOWED = {"testing/hub_fixtures.py": "git blob/commit ids and seeds of the published layouts",
+                   "testing/_fixture_files.py": "seeds of the fixture weights (the hub fixtures' helpers)",
                    "training/data/sampler.py": "a per-sample RNG seed, not a fingerprint",
                    "training/data/sources.py": "an image's content hash (the record's identity)",
                    "training/latent_cache.py": "hash of model tensors (existing caches' keys)"}

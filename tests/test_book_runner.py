@@ -143,10 +143,13 @@ def test_ci_real_keys_are_declared_parameters():
 
 def test_full_profile_selects_the_real_models():
     real = {"sd15", "sdxl", "pixart-sigma-512"}
+    joint = {"flux-dev", "sd3.5-medium"}        # joint-attention transformers, each with its own sampler
     for ch in ("02_attention_maps", "03_asm_highpass", "04_prior_context", "05_erf"):
-        assert set(load_profile("full", ch)["models"]) == real, ch
+        assert set(load_profile("full", ch)["models"]) == real | joint, ch
+        assert set(load_profile("ci-real", ch)["models"]) == real | joint, ch
+        assert not set(load_profile("smoke", ch)["models"]) & joint, ch
     ch7 = load_profile("full", "07_distillation")
-    assert set(ch7["real_models"]) == real and ch7["real_adapters"] == {}
+    assert set(ch7["real_models"]) == real | joint and ch7["real_adapters"] == {}
     assert load_profile("smoke", "07_distillation")["real_models"] == []
 
 

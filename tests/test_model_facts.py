@@ -8,7 +8,9 @@ from aconvlib.models.registry import UnknownModelError
 def test_grid_factors_are_the_published_ones():
     # (latent factor, patch size, down-sampling): SD1.5's U-Net downsamples 3x, SDXL's 2x, PixArt-Σ has patch 2
     expected = {"sd15": (8, 1, 8), "sdxl": (8, 1, 4), "pixart-sigma-512": (8, 2, 1), "pixart-sigma-1024": (8, 2, 1),
-                "mini-sd": (2, 1, 4), "mini-dit": (2, 2, 1)}
+                "mini-sd": (2, 1, 4), "mini-dit": (2, 2, 1),
+                # FLUX packs 2x2 latent cells per token (its transformer's patch is 1), SD3 patchifies 2x2
+                "flux-schnell": (8, 2, 1), "flux-dev": (8, 2, 1), "sd3.5-medium": (8, 2, 1), "sd3.5-large": (8, 2, 1)}
     assert {s.name: s.grid_factors for s in list_models()} == expected
     assert get_spec("sd15").grid_multiple == 64 and get_spec("pixart-sigma-512").grid_multiple == 16
 
@@ -44,8 +46,9 @@ def test_conditioning_and_kernel_sizes_live_with_the_family():
     assert text_conditioning("sdxl").pooled_and_time_ids and not text_conditioning("sdxl").attention_mask
     assert text_conditioning("pixart").attention_mask and text_conditioning("sd15") == text_conditioning("sd15")
     assert not (text_conditioning("sd15").pooled_and_time_ids or text_conditioning("sd15").attention_mask)
+    assert text_conditioning("flux").pooled and text_conditioning("sd3").pooled
     with pytest.raises(ValueError, match="unknown architecture"):
-        text_conditioning("flux")
+        text_conditioning("hunyuan")
     from aconvlib.models.families import OFFICIAL_KERNEL_SIZES, PAPER_KERNEL_SIZES
 
     assert PAPER_KERNEL_SIZES == {"sd15": 9, "sdxl": 13, "pixart": 13}

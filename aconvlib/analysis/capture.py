@@ -24,6 +24,12 @@ A forward pre-hook on the denoiser reads, before each call, the latent size (h, 
 at run time, non-square included; a DiT divides by its patch size), the timestep, and whether the
 batch is a classifier-free-guidance (CFG) batch. The original processors are restored on exit,
 also after an exception.
+
+Joint-attention transformers (FLUX, SD3: layers whose ``block_type`` is not ``"self"``): the wrapper of those layers
+is :class:`~aconvlib.analysis.joint_capture.JointCaptureProcessor`; ``maps`` then holds each image query's
+image→image attention renormalized over the image keys (same layout as above), and ``text_share`` /
+``prompt_share`` / ``padding_share`` / ``text_key_mass`` / :meth:`AttentionCapture.sink_tokens` what the image
+queries give the text keys and which image keys sink attention (see :mod:`aconvlib.analysis.joint_capture`).
 """
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
-from ..models import LatentTracker, SelfAttentionLayer, default_latent_hw, get_denoiser, self_attention_layers
+from ..models import (LatentTracker, SelfAttentionLayer, default_latent_hw, family_of, get_denoiser,
+                      self_attention_layers)
+from .joint_capture import JointCaptureProcessor, JointStats, joint_capture_bytes, sinks
 
 __all__ = ["AttentionCapture", "CaptureProcessor", "MemoryBudgetError", "capture_self_attention",
            "estimate_capture_bytes"]
@@ -100,6 +108,7 @@ class _LayerState:
     grid: Optional[tuple[int, int]] = None
     acc: Optional[torch.Tensor] = None
     count: int = 0
+    joint: Optional[JointStats] = None     # text-side accumulators of a joint-attention layer
 
 
 class CaptureProcessor:
@@ -138,7 +147,7 @@ class AttentionCapture:
     def __init__(self, denoiser, layers: LayerSelector = None, steps: StepSelector = None,
                  timesteps: TimestepSelector = None, cfg_branch: str = "cond", cfg: Optional[bool] = None,
                  memory_budget_gb: float = 4.0, latent_hw: Optional[tuple[int, int]] = None,
-                 workspace_mb: float = 256.0):
+                 workspace_mb: float = 256.0, text_mask=None):
         if cfg_branch not in ("cond", "uncond", "both"):
             raise ValueError(f"cfg_branch must be 'cond', 'uncond' or 'both', got {cfg_branch!r}")
         self.denoiser = denoiser
@@ -154,7 +163,10 @@ class AttentionCapture:
         self.layers = _select_layers(all_layers, layers)
         if not self.layers:
             raise ValueError("the layer selection matched no self-attention layer")
-        self._states = {layer.name: _LayerState(layer) for layer in self.layers}
+        self._states = {layer.name: _LayerState(layer, joint=JointStats() if layer.joint else None)
+                        for layer in self.layers}
+        self.text_mask = text_mask
+        self._text_tokens = family_of(denoiser).text_tokens(denoiser) if any(l.joint for l in self.layers) else 0
         self._check_budget([layer.grid for layer in self.layers])
         self.calls: list[dict] = []
         self._active_call = False
@@ -178,6 +190,47 @@ class AttentionCapture:
     def counts(self) -> dict[str, int]:
         return {n: s.count for n, s in self._states.items()}
 
+    # ---------------------------------------------------------------- joint layers: the text side
+    def _joint(self, attr: str) -> dict[str, torch.Tensor]:
+        return {n: (getattr(s.joint, attr) / s.count).float().cpu() for n, s in self._states.items()
+                if s.joint is not None and s.count}
+
+    @property
+    def text_share(self) -> dict[str, torch.Tensor]:
+        """Joint layers: [N] per image query, the mean attention mass on the text keys."""
+        return self._joint("text")
+
+    @property
+    def padding_share(self) -> dict[str, torch.Tensor]:
+        """Joint layers: [N] per image query, the mean mass on the prompt's padding tokens (needs ``text_mask``)."""
+        from .joint_capture import TextMaskError
+
+        if any(s.joint is not None and s.count and not s.joint.masked for s in self._states.values()):
+            raise TextMaskError("the padding share needs the prompt's token mask: capture with "
+                                "text_mask=prompt_token_mask(pipe, prompts, max_sequence_length)")
+        return self._joint("padding")
+
+    @property
+    def prompt_share(self) -> dict[str, torch.Tensor]:
+        """Joint layers: [N] per image query, the mean mass on the prompt's own tokens (needs ``text_mask``)."""
+        pad = self.padding_share
+        return {n: t - pad[n] for n, t in self.text_share.items()}
+
+    @property
+    def text_key_mass(self) -> dict[str, torch.Tensor]:
+        """Joint layers: [L] the mean mass each text key receives from one image query."""
+        return self._joint("text_keys")
+
+    @property
+    def block_types(self) -> dict[str, str]:
+        """Each selected layer's block type (``"self"``, or ``"double"``/``"single"``/``"joint"``)."""
+        return {n: s.layer.block_type for n, s in self._states.items()}
+
+    def sink_tokens(self, name: str, ratio: float = 3.0) -> list[dict]:
+        """Image sink tokens of layer ``name``: image keys receiving at least ``ratio`` times the uniform share 1/N
+        of the renormalized image→image attention (see :func:`aconvlib.analysis.joint_capture.sinks`)."""
+        return sinks(self.maps[name], self.grids[name], ratio)
+
     # ---------------------------------------------------------------- data parallel
     def reduce(self, group=None) -> "AttentionCapture":
         """Sum the accumulators and counts over the processes of ``group`` (``torch.distributed``; default:
@@ -189,6 +242,8 @@ class AttentionCapture:
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
+        if any(s.joint is not None for s in self._states.values()):
+            raise NotImplementedError("reduce() sums self-attention maps only; capture joint layers on one process")
         states = list(self._states.values())  # same order on every process
         tokens = torch.tensor([(s.grid or s.layer.grid)[0] * (s.grid or s.layer.grid)[1] for s in states],
                               dtype=torch.float64)
@@ -212,25 +267,29 @@ class AttentionCapture:
     # ---------------------------------------------------------------- budget
     def _check_budget(self, grids) -> None:
         need = estimate_capture_bytes(grids, self.workspace_bytes)
+        need += sum(joint_capture_bytes(g[0] * g[1], self._text_tokens) - 4 * (g[0] * g[1]) ** 2
+                    for g, s in zip(grids, self._states.values()) if s.joint is not None)
         if need > self.memory_budget_bytes:
             biggest = max(grids, key=lambda g: g[0] * g[1])
             raise MemoryBudgetError(
-                f"capturing {len(grids)} self-attention layer(s) needs about {need / 2**30:.2f} GiB "
-                f"(fp32 [N, N] accumulators, largest grid {biggest[0]}x{biggest[1]} = {biggest[0] * biggest[1]} "
+                f"capturing {len(grids)} self-attention layer(s) needs about {need / 2**30:.2f} GiB ({need} bytes: "
+                f"fp32 [N, N] accumulators, largest grid {biggest[0]}x{biggest[1]} = {biggest[0] * biggest[1]} "
                 f"tokens, plus {3 * self.workspace_bytes / 2**20:.0f} MiB softmax workspace), more than "
-                f"memory_budget_gb={self.memory_budget_bytes / 2**30:.2f}. Select fewer layers, "
-                f"a smaller image, or raise the budget.")
+                f"memory_budget_gb={self.memory_budget_bytes / 2**30:.2f}. Select fewer layers (layers=), "
+                f"a smaller image (height/width), a smaller workspace_mb, or raise the budget.")
 
     # ---------------------------------------------------------------- install / restore
     def __enter__(self) -> "AttentionCapture":
         den = self.denoiser
         self._originals = dict(den.attn_processors)
         new = dict(self._originals)
+        fam = family_of(den)
         for name, state in self._states.items():
             key = f"{name}.processor"
             if key not in new:
                 raise KeyError(f"{key} is not among the denoiser's attention processors")
-            new[key] = CaptureProcessor(self._originals[key], state, self)
+            new[key] = (JointCaptureProcessor(self._originals[key], state, self, fam.layout(den, name))
+                        if state.joint is not None else CaptureProcessor(self._originals[key], state, self))
         den.set_attn_processor(new)
         self._tracker = LatentTracker(den, on_call=self._on_call)
         return self
@@ -332,7 +391,7 @@ def capture_self_attention(target, layers: LayerSelector = None, *, steps: StepS
                            timesteps: TimestepSelector = None, cfg_branch: str = "cond",
                            cfg: Optional[bool] = None, memory_budget_gb: float = 4.0,
                            latent_hw: Optional[tuple[int, int]] = None,
-                           workspace_mb: float = 256.0) -> AttentionCapture:
+                           workspace_mb: float = 256.0, text_mask=None) -> AttentionCapture:
     """Context manager recording head-, timestep-, prompt-averaged self-attention maps.
 
     Example::
@@ -361,10 +420,13 @@ def capture_self_attention(target, layers: LayerSelector = None, *, steps: StepS
             and again before a denoiser call at a larger latent size.
         latent_hw: expected latent (h, w) for the budget check; defaults to ``config.sample_size``.
         workspace_mb: size of one chunk of fp32 scores [batch, heads, chunk, N].
+        text_mask: joint-attention transformers: the prompt's token mask [L] or [P, L] (True = prompt token,
+            False = padding; :func:`aconvlib.models.families.joint.prompt_token_mask`), one row per item of the
+            captured branch or one for all; needed for ``padding_share`` / ``prompt_share``.
 
     Returns:
         An :class:`AttentionCapture`; enter it with ``with``.
     """
     return AttentionCapture(get_denoiser(target), layers, steps=steps, timesteps=timesteps,
                             cfg_branch=cfg_branch, cfg=cfg, memory_budget_gb=memory_budget_gb,
-                            latent_hw=latent_hw, workspace_mb=workspace_mb)
+                            latent_hw=latent_hw, workspace_mb=workspace_mb, text_mask=text_mask)

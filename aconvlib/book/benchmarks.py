@@ -15,8 +15,9 @@ versions, load average and command line::
     aconv bench-mixers --device cpu --sizes 256 512
 
 **The blocks benchmark** (:func:`bench_blocks`, ``aconv bench-blocks``) is the same harness restricted to SDPA
-and the ΔConvBlock at each model's own K (torch, Triton) on square frames (default 512, 1024, 2048, 4096 px on
-CUDA; 512 and 1024 on CPU), with ``--check`` adding the Triton-vs-torch differences
+and the ΔConvBlock at each model's own K (torch, Triton), on SD1.5's top layer, PixArt-Σ's and FLUX.1's
+double-stream layer (``--models flux``: C = 3072, SDPA over the image tokens only), on square frames (default 512,
+1024, 2048, 4096 px on CUDA; 512 and 1024 on CPU), with ``--check`` adding the Triton-vs-torch differences
 (:func:`~aconvlib.mixers.timing.check_triton`); its rows keep the columns of the stored ``bench_<device>.json``
 (``sdpa_ms``, ``torch_ms``, ``triton_ms``, ``speedup_*``, the paper's ms). Paper (RTX 4090, fp16, per module):
 1024 px self-attention 5.91 ms vs ΔConv+Triton 1.71 ms (K = 13); 4K 1077.98 ms vs 26.32 ms.
@@ -40,7 +41,7 @@ from ..mixers.deltaconv import DeltaConvBlock
 from ..mixers.timing import (MIXER_IMPLS, build_mixers, check_triton, make_attention, parse_size, time_module)
 from ..models import paper_table
 from ..utils import parse_dtype
-from .module_shapes import BENCH_MODELS, MODELS, module_shape
+from .module_shapes import BENCH_MODELS, MODELS, STORED_BENCH_MODELS, module_shape
 
 __all__ = ["CPU_FLOP_LIMIT", "MIXER_IMPLS", "MODELS", "PAPER_MS", "bench_blocks", "bench_mixers", "machine_meta",
            "main", "main_mixers", "module_shape", "triton_output_share"]
@@ -246,15 +247,17 @@ def bench_blocks(models=tuple(BENCH_MODELS), sizes=None, modes=("fwd", "fwdbwd")
 
 
 def triton_output_share(models=None, grid_side: int = 16, batch: int = 2, seed: int = 0) -> dict[str, float]:
-    """For the blocks of the stored blocks benchmark (rebuilt with its seed sequence on the CPU:
-    ``torch.manual_seed(0)``, then per model the SDPA ``Attention`` and the ``DeltaConvBlock``, so the weights are
-    the stored run's), the share of the output's largest magnitude that comes from the pyramid stages (the
-    Triton-computed part): max |out_proj(stages) − bias| / max |output| on random tokens ``N(0, 1)`` on a
-    ``grid_side``² grid, float32. The rest is the out_proj bias and the pool branch, computed by PyTorch in both."""
-    models = list(models or MODELS)
+    """For the blocks of the stored blocks benchmark (``models``, default :data:`STORED_BENCH_MODELS`; rebuilt with
+    its seed sequence on the CPU: ``torch.manual_seed(0)``, then per model the SDPA ``Attention`` and the
+    ``DeltaConvBlock``, so the weights are the stored run's), the share of the output's largest magnitude that
+    comes from the pyramid stages (the Triton-computed part): max |out_proj(stages) − bias| / max |output| on
+    random tokens ``N(0, 1)`` on a ``grid_side``² grid, float32. The rest is the out_proj bias and the pool
+    branch, computed by PyTorch in both."""
+    models = list(models or STORED_BENCH_MODELS)
     torch.manual_seed(seed)
     blocks = {}
-    for model in MODELS:                       # the stored run built them in this order
+    # the stored run built its models' blocks in this order (same seeds); other shapes are built after them
+    for model in [*STORED_BENCH_MODELS, *(m for m in models if m not in STORED_BENCH_MODELS)]:
         spec = MODELS[model]
         make_attention(spec, torch.float32, "cpu")
         blocks[model] = DeltaConvBlock(spec["channels"], spec["kernel_size"])

@@ -11,7 +11,7 @@ from ..mixers.flops import ConversionRow, MixerRow, attention_flops_table, atten
 from ..models import get_spec, load_denoiser, self_attention_layers
 
 __all__ = ["deltaconv_table_frame", "dominant_terms", "flops_vs_resolution", "growth_per_doubling",
-           "mixer_table_frame", "self_attention_table"]
+           "joint_conversion_table", "mixer_table_frame", "self_attention_table"]
 
 
 def self_attention_table(model: str, resolutions=(512, 1024)):
@@ -134,3 +134,45 @@ def deltaconv_table_frame(rows: list[ConversionRow]):
         "attn params (M)": r.attn_params / 1e6, "ΔConv params (M)": r.deltaconv_params / 1e6,
         "attn GFLOPs (paper formula)": r.attn_flops / 1e9, "attn GFLOPs (2/MAC)": r.attn_flops_2mac / 1e9,
         "ΔConv GFLOPs": r.deltaconv_flops / 1e9} for r in rows], ["level", "C", "K"])
+
+
+def joint_conversion_table(model: str, px: int = 1024, text_tokens=None, kernel_sizes="paper", ratio: float = 0.5,
+                           scales=(1.0, 0.5)):
+    """What ``to_deltaconv`` makes of a joint-attention transformer (FLUX.1, SD3.5), per layer, from the shipped
+    architecture (``meta`` device: no weights, nothing converted or allocated).
+
+    Joint layers become the ΔConv hybrid (:class:`~aconvlib.mixers.adapter_base.JointMixerAttention`: a ΔConvBlock
+    and one text-gate logit per head); SD3.5's image-only ``attn2`` becomes a plain ΔConv layer. Per layer at a
+    ``px``×``px`` image with ``text_tokens`` text tokens (default: the model's own ``max_sequence_length``, else the
+    family's pipeline default): block type, grid, C, heads, K, the attention module's parameters and the new
+    ones, GFLOPs of the layer's attention and of its replacement per sample at 2 FLOPs per multiply-add
+    (:func:`aconvlib.mixers.flops.joint_flops`; image-only layers :func:`attention_flops_2mac` vs the block), with a
+    TOTAL row. (SD3's last block drops its text output; it is counted with its text output projection, L·C²
+    multiply-adds more than it runs.)"""
+    from ..mixers.flops import attention_flops_2mac, deltaconv_flops, deltaconv_params, joint_flops
+    from ..mixers.layer_specs import resolve_kernel_sizes
+    from ..models import family_of
+
+    spec = get_spec(model)
+    den = load_denoiser(model, weights=False, device="meta")
+    if text_tokens is None:
+        own = spec.sampling.max_sequence_length if spec.sampling is not None else None
+        text_tokens = own or family_of(den).text_tokens(den)
+    layers = self_attention_layers(den, spec.latent_grid(px, px))
+    ks = resolve_kernel_sizes(den, kernel_sizes, layers)
+    rows = []
+    for l in layers:
+        k = ks[l.name]
+        new = deltaconv_params(l.channels, k, ratio, scales)
+        if l.joint:
+            f = joint_flops(l.grid, text_tokens, l.channels, k, ratio, scales,
+                            out_projection=not getattr(l.module, "pre_only", False))
+            attn, mixer, new = f["attention"], f["hybrid"], new + l.heads
+        else:
+            attn, mixer = attention_flops_2mac(l.tokens, l.channels), deltaconv_flops(l.grid, l.channels, k, ratio,
+                                                                                        scales)
+        rows.append({"layer": l.name, "block type": l.block_type, "grid": f"{l.grid[0]}×{l.grid[1]}",
+                     "C": l.channels, "heads": l.heads, "K": k, "text tokens": text_tokens if l.joint else 0,
+                     "attn params (M)": sum(p.numel() for p in l.module.parameters()) / 1e6,
+                     "new params (M)": new / 1e6, "attn GFLOPs (2/MAC)": attn / 1e9, "replacement GFLOPs": mixer / 1e9})
+    return _frame_with_total(rows, ["C", "heads", "K", "text tokens"])

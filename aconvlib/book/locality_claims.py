@@ -36,7 +36,7 @@ from ..analysis.evidence import (FAILS, HOLDS, NOT_TESTABLE, Verdict, bootstrap_
                                  newcombe_interval, proportion, scaled_bound, uniform_erf, window_measurable)
 from ..analysis.locality import uniform_asm
 
-__all__ = ["PAPER_TOP_SIDE", "artifact_table", "context_verdict", "erf_verdict", "fig2_verdict", "fig4a_verdict",
+__all__ = ["PAPER_TOP_SIDE", "artifact_table", "paper_erf_bound", "context_verdict", "erf_verdict", "fig2_verdict", "fig4a_verdict",
            "fig4b_verdict", "image_ratio_intervals", "level_intervals", "level_table", "na_control_verdict",
            "top_side"]
 
@@ -58,6 +58,13 @@ def _grid(g) -> str:
     return f"{g[0]}×{g[1]}"
 
 
+def paper_erf_bound(paper: dict, family: str) -> float:
+    """The paper's ERF bound (Fig. 5) for a denoiser family: SD1.5's for U-Nets, PixArt-Σ's for transformers (the
+    paper states none for joint-attention transformers such as FLUX: the DiT bound is the one that applies to a
+    transformer whose blocks all see one token grid)."""
+    return paper["erf_bound_unet"] if family == "unet" else paper["erf_bound_dit"]
+
+
 def level_table(frames: dict, paper: dict, families: dict, window: int = 11) -> pd.DataFrame:
     """One row per model and grid level: medians over the level's layers next to the uniform map's values.
 
@@ -69,7 +76,7 @@ def level_table(frames: dict, paper: dict, families: dict, window: int = 11) -> 
     """
     rows = []
     for m, df in frames.items():
-        bound = paper["erf_bound_dit"] if families[m] == "dit" else paper["erf_bound_unet"]
+        bound = paper_erf_bound(paper, families[m])
         scaled = scaled_bound(bound, paper["erf_reference_grid"], top_side(df))
         for grid, g in df.groupby(df["grid"].map(tuple), sort=False):
             ks = g["ks"].iloc[0]

@@ -8,10 +8,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-__all__ = ["BENCH_MODELS", "MODELS", "module_shape"]
+__all__ = ["BENCH_MODELS", "MODELS", "STORED_BENCH_MODELS", "module_shape"]
 
-#: benchmark model key -> the registered model whose first (finest) self-attention layer it times
-BENCH_MODELS = {"sd15-top": "sd15", "pixart-sigma": "pixart-sigma-1024"}
+#: benchmark model key -> the registered model whose first (finest) self-attention layer it times. ``flux``: a
+#: FLUX.1 double-stream layer's shape (C = 3072, 24 heads, K = 13), timed as SDPA over its image tokens against the
+#: ΔConvBlock (the image-image part the hybrid replaces; the hybrid's text attention is not in the timing).
+BENCH_MODELS = {"sd15-top": "sd15", "pixart-sigma": "pixart-sigma-1024", "flux": "flux-dev"}
+#: the shapes of the stored block benchmark runs (benchmarks/results/bench_*.json), built in this order
+STORED_BENCH_MODELS = ("sd15-top", "pixart-sigma")
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,7 +14,8 @@ import numpy as np
 import seaborn as sns
 
 __all__ = ["level_curves", "mark_phase_changes", "plot_asm_curves", "plot_attention_overlays", "plot_distill_curves",
-           "plot_erf", "plot_erf_maps", "plot_flops_vs_resolution", "plot_image_rows", "plot_na_sweep", "plot_prior"]
+           "plot_erf", "plot_erf_maps", "plot_flops_vs_resolution", "plot_fig2_rows", "plot_image_rows",
+           "plot_na_sweep", "plot_prior"]
 
 _PALETTE = "viridis"
 
@@ -64,6 +65,37 @@ def plot_attention_overlays(study, layer_names: Optional[Sequence[str]] = None,
     title = (f"{study.model} ({study.weights} weights): self-attention maps averaged over heads and steps; "
              f"prompt: “{study.prompts[image_index]}”")
     fig.suptitle("\n".join(textwrap.wrap(title, int(11 * size * (len(query_points) + 1)))), fontsize=9)
+    return fig
+
+
+def plot_fig2_rows(study, layer_names: Sequence[str], query_points: Sequence[tuple[float, float]] = ((0.5, 0.5),),
+                   image_index: int = 0, cmap: str = "inferno", size: float = 1.6):
+    """The layout of the paper's Fig. 2: one row per query point, the image and then one column per layer (module
+    order), each panel the query's row of the averaged map on the token grid, scaled to its own maximum (printed
+    as a multiple of the uniform share 1/N); the query token is marked with a cyan cross."""
+    names = list(layer_names)
+    if not names or not query_points:
+        raise ValueError("plot_fig2_rows needs at least one layer and one query point")
+    img = study.images[image_index]
+    labels = {d["name"]: d["label"] for d in study.layers}
+    fig, axes = plt.subplots(len(query_points), len(names) + 1, figsize=(size * (len(names) + 1),
+                             size * len(query_points)), squeeze=False, layout="constrained")
+    for r, pt in enumerate(query_points):
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_ylabel(f"query ({pt[0]:.2f}, {pt[1]:.2f})", fontsize=8)
+        for c, name in enumerate(names, start=1):
+            grid = tuple(study.grids[name])
+            q = _query_token(pt, grid)
+            row = study.maps[name][q].reshape(grid).numpy()
+            ax = axes[r, c]
+            ax.imshow(row / max(row.max(), 1e-12), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.plot([q % grid[1]], [q // grid[1]], marker="+", color="cyan", markersize=8, mew=2)
+            ax.set_title(f"{labels.get(name, name)}\nmax {row.max() * row.size:.1f}× uniform", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    title = (f"{study.model} ({study.weights} weights): attention maps across layers (the layout of the paper's "
+             f"Fig. 2), averaged over heads and steps; prompt: “{study.prompts[image_index]}”")
+    fig.suptitle("\n".join(textwrap.wrap(title, int(11 * size * (len(names) + 1)))), fontsize=9)
     return fig
 
 

@@ -123,7 +123,7 @@ def student_for(model: str, value=None, base: Optional[Path] = None, data: str =
     return Student(location, why, model)
 
 
-def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batch_size) -> np.ndarray:
+def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batch_size, **call) -> np.ndarray:
     import torch
 
     from .studies import generation_kwargs
@@ -132,7 +132,7 @@ def _generate(pipe, prompts, *, steps, guidance_scale, height, width, seed, batc
     for i in range(0, len(prompts), batch_size):
         gen = torch.Generator("cpu").manual_seed(seed + i)
         res = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
-                   generator=gen, height=height, width=width, **generation_kwargs(pipe))
+                   generator=gen, height=height, width=width, **generation_kwargs(pipe), **call)
         out += [np.asarray(im.convert("RGB")) for im in res.images]
     return np.stack(out)
 
@@ -142,16 +142,16 @@ def _rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt((((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2).mean()))
 
 
-def _load_teacher(model: str, student: Student, device, dtype, lines: list):
+def _load_teacher(model: str, student: Student, device, dtype, lines: list, scheduler: Optional[str] = None):
     """``(pipeline, its name)`` of the student's teacher; ``(None, None)`` when a released student's base is not
     here (a line says so; the caller then runs the model's own pipeline without the student)."""
     from ..models import MissingWeightsError
     from .studies import load_study_pipeline
 
     if student.pipeline == model:
-        return load_study_pipeline(model, device, dtype), model
+        return load_study_pipeline(model, device, dtype, scheduler=scheduler), model
     try:
-        return load_study_pipeline(student.pipeline, device, dtype), student.pipeline
+        return load_study_pipeline(student.pipeline, device, dtype, scheduler=scheduler), student.pipeline
     except MissingWeightsError as err:
         lines.append(f"{model}: {student.why} is in the cache, but its base {student.pipeline} is not "
                      f"({str(err).splitlines()[0][:160]}); its student is not evaluated.")
@@ -166,7 +166,9 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
     """Teacher samples of every real model in ``models`` and, where ``adapters`` has one, its ΔConv student's.
 
     Memory is checked for all models before any work (:func:`aconvlib.book.budget.check_memory`). Sampling is the
-    studies' (DPM-Solver++, :func:`aconvlib.book.studies.load_study_pipeline`); teacher and student use the same
+    studies' (DPM-Solver++, :func:`aconvlib.book.studies.load_study_pipeline`; a model with its own sampler, FLUX.1
+    and SD3.5, takes its scheduler, steps and guidance from its spec, :func:`~aconvlib.book.studies.
+    model_generation`); teacher and student use the same
     prompts and the same initial noise. Adapters: ``model → local folder (relative to adapter_base) or hub id``.
     """
     import torch
@@ -174,7 +176,7 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
     from ..mixers.variants import mounted
     from ..models import get_spec
     from .budget import check_memory
-    from .studies import default_prompts, load_study_pipeline
+    from .studies import default_prompts, load_study_pipeline, model_generation
 
     report = RealAdapterReport()
     models = list(models or [])
@@ -193,11 +195,14 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
         texts = list(prompts) if prompts is not None else default_prompts(m, n_prompts)
         student = student_for(m, adapters.get(m), adapter_base)
         location, why = student.location, student.why
-        pipe, teacher = _load_teacher(m, student, device, dtype, report.lines)
+        own = model_generation(m, dict(steps=steps, guidance_scale=guidance_scale))
+        pipe, teacher = _load_teacher(m, student, device, dtype, report.lines, scheduler=own.get("scheduler"))
         if pipe is None:
             location, teacher, why = None, m, f"{why}, but its base {student.pipeline} is not cached"
-            pipe = load_study_pipeline(m, device, dtype)
-        kw = dict(steps=steps, guidance_scale=guidance_scale, height=h, width=w, seed=seed, batch_size=batch_size)
+            pipe = load_study_pipeline(m, device, dtype, scheduler=own.get("scheduler"))
+        kw = dict(steps=own["steps"], guidance_scale=own["guidance_scale"], height=h, width=w, seed=seed,
+                  batch_size=batch_size, **({"max_sequence_length": own["max_sequence_length"]}
+                                            if "max_sequence_length" in own else {}))
         images, seconds = {}, {}
         for method in (TEACHER, STUDENT) if location is not None else (TEACHER,):
             t0 = time.perf_counter()
@@ -206,12 +211,12 @@ def evaluate_real_adapters(models: Sequence[str], adapters: Optional[Mapping[str
             seconds[method] = round((time.perf_counter() - t0) / len(texts), 3)
         shown = student.official.name if student.official is not None and location else location
         row = dict(model=m, teacher=teacher, adapter=shown or "none", prompts=len(texts), size=f"{h}x{w}",
-                   steps=steps, teacher_s_per_image=seconds[TEACHER])
+                   steps=kw["steps"], teacher_s_per_image=seconds[TEACHER])
         if location is not None:
             row["student_s_per_image"] = seconds[STUDENT]
             row["rmse_student_vs_teacher"] = _rmse(images[STUDENT], images[TEACHER])
             report.lines.append(f"{m}: ΔConv student from {why} evaluated against its teacher ({teacher}) on "
-                                f"{len(texts)} prompt(s), same noise, {h}x{w} px, {steps} steps.")
+                                f"{len(texts)} prompt(s), same noise, {h}x{w} px, {kw['steps']} steps.")
         else:
             report.lines.append(f"{m}: no distilled ΔConv student available ({why}); shown: the teacher's samples only. "
                                 f"Download the authors' (README, GPU section) or distill one with "

@@ -51,15 +51,17 @@ def locality_studies(models: Sequence[str], *, cutoff: float = 0.1, order: int =
     """Capture (or reuse from the cache) one study per model and analyse it per layer.
 
     ``gen`` goes to :func:`aconvlib.book.studies.capture_study` (prompts, steps, sizes, device, dtype,
-    weights, output_dir, ...). Returns ``(studies, frames)``, dicts keyed by model; prints each study.
+    weights, output_dir, ...); a model with its own sampler takes its steps, guidance and scheduler from its spec
+    (:func:`aconvlib.book.studies.model_generation`). Returns ``(studies, frames)``, dicts keyed by model; prints each study.
     """
-    from .studies import analyze_study, per_prompt_study
+    from .studies import analyze_study, model_generation, per_prompt_study
 
     check_memory(models, gen.get("device", "cpu"), gen.get("dtype", "float32"), height=gen.get("height"),
                  width=gen.get("width"), batch_size=gen.get("batch_size", 1))
     # one capture per prompt (cached under output_dir/captures, shared by chapters 02-05), pooled by the mean map;
     # studies[m].parts are the per-prompt studies (bootstrap over prompts: prompt_frames)
-    studies = {m: per_prompt_study(m, **gen) for m in models}
+    # each model's own sampler where its spec has one (FLUX.1, SD3.5: steps, guidance, scheduler), else gen's
+    studies = {m: per_prompt_study(m, **model_generation(m, gen)) for m in models}
     extra = {} if artifact_ratio is None else {"artifact_ratio": artifact_ratio}
     frames = {m: analyze_study(s, cutoff=cutoff, order=order, **extra) for m, s in studies.items()}
     for s in studies.values():

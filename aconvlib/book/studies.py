@@ -24,7 +24,7 @@ from ..models import get_spec
 from ..utils import fingerprint, parse_dtype
 
 __all__ = ["CaptureStudy", "analyze_study", "capture_study", "default_prompts", "generation_kwargs", "layer_label",
-           "load_study_pipeline", "window_share"]
+           "load_study_pipeline", "model_generation", "window_share"]
 
 # Generic prompts for the real models (the paper uses Text2Image-Multi-Prompt; any varied set works).
 REAL_PROMPTS = [
@@ -50,6 +50,25 @@ def default_prompts(model: str, n: int, seed: int = 1234) -> list[str]:
 SCHEDULERS = ("dpm", "pipeline")
 
 
+def model_generation(model: str, gen: dict) -> dict:
+    """The generation settings of ``model`` in a chapter whose settings are ``gen``: unchanged for a model without
+    its own sampler (the chapter's steps and guidance: the paper's DPM-Solver++ setting), while a model whose spec
+    carries :class:`~aconvlib.models.sampling.Sampling` (FLUX.1, SD3.5: distilled or trained for their own
+    sampler) takes its steps, guidance scale, scheduler and ``max_sequence_length`` from there."""
+    own = get_spec(model).sampling
+    if own is None:
+        return dict(gen)
+    out = {**gen, "steps": int(own.steps), "guidance_scale": float(own.guidance_scale), "scheduler": own.scheduler}
+    if own.max_sequence_length is not None:
+        out["max_sequence_length"] = int(own.max_sequence_length)
+    return out
+
+
+def _default_scheduler(model: str) -> str:
+    own = get_spec(model).sampling
+    return "dpm" if own is None else own.scheduler
+
+
 def generation_kwargs(pipe) -> dict:
     """Extra call arguments so that ``pipe`` generates exactly the requested height and width.
 
@@ -66,13 +85,18 @@ def generation_kwargs(pipe) -> dict:
     return {"use_resolution_binning": False} if "use_resolution_binning" in params else {}
 
 
-def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str = "trained", scheduler: str = "dpm"):
+def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str = "trained",
+                        scheduler: Optional[str] = None):
     """A text-to-image pipeline for ``model``; ``weights="random"`` builds an untrained mini model (tests only).
 
     ``scheduler="dpm"`` samples with DPM-Solver++ (multistep), as the paper does for every model, built from
     the pipeline's own scheduler config (its noise schedule and prediction type); ``"pipeline"`` keeps the
-    scheduler the checkpoint ships (PNDM for SD1.5, Euler for SDXL, DPM-Solver for PixArt-Σ).
+    scheduler the checkpoint ships (PNDM for SD1.5, Euler for SDXL, DPM-Solver for PixArt-Σ); None: the model's own
+    (:attr:`ModelSpec.sampling`, FLUX.1 and SD3.5 keep their flow-matching scheduler), else ``"dpm"``. A
+    flow-matching pipeline with ``"dpm"`` is refused (DPM-Solver++ built from its config would sample a different
+    noise schedule without saying so).
     """
+    scheduler = _default_scheduler(model) if scheduler is None else scheduler
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     dtype = parse_dtype(dtype)
@@ -92,6 +116,9 @@ def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str 
         pipe.to(device, dtype)
     else:
         raise ValueError(f"weights must be 'trained' (or 'random' for mini-sd / mini-dit), got {weights!r}")
+    if scheduler == "dpm" and "FlowMatch" in type(pipe.scheduler).__name__:
+        raise ValueError(f"{model} samples with its flow-matching scheduler ({type(pipe.scheduler).__name__}): "
+                         "use scheduler='pipeline' (or None, the model's own), not 'dpm'")
     if scheduler == "dpm" and type(pipe.scheduler).__name__ != "DPMSolverMultistepScheduler":
         from diffusers import DPMSolverMultistepScheduler
 
@@ -101,8 +128,13 @@ def load_study_pipeline(model: str, device="cpu", dtype="float32", weights: str 
     return pipe
 
 
-def layer_label(name: str) -> str:
-    """Short label of a layer path: ``down0.1``, ``mid``, ``up2.0`` (U-Net), ``block 3`` (DiT)."""
+def layer_label(name: str, block_type: str = "self") -> str:
+    """Short label of a layer path: ``down0.1``, ``mid``, ``up2.0`` (U-Net), ``block 3`` (DiT); joint-attention
+    transformers (``block_type`` from the layer): ``double 3`` / ``single 12`` (FLUX), ``joint 3`` (SD3), ``self 3``
+    (SD3.5's image-only ``attn2``)."""
+    m = re.match(r"^(?:single_)?transformer_blocks\.(\d+)\.attn2?$", name)
+    if m and block_type in ("double", "single", "joint") or (m and name.endswith(".attn2")):
+        return f"{block_type} {m.group(1)}"
     m = re.match(r"^(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn1$", name)
     if m:
         lbl = f"{m.group(1)}{m.group(2)}.{m.group(3)}"
@@ -126,6 +158,10 @@ class CaptureStudy:
         layers: per self-attention layer (module order): name, label, level, grid, heads.
         maps: name → [N, N] fp32 averaged map; ``grids``: name → (H', W').
         params: the generation / capture parameters (the cache key); ``seconds``: generation time.
+        joint: joint-attention layers only (name → dict): ``block_type``, ``text_share`` [N] (each image query's
+            mean mass on the text keys), ``padding_share`` [N] (on the prompt's padding tokens), ``text_key_mass``
+            [L] (the mass each text key receives); ``maps`` of these layers are the image→image part renormalized
+            over the image keys (:mod:`aconvlib.analysis.joint_capture`).
     """
 
     model: str
@@ -140,6 +176,7 @@ class CaptureStudy:
     seconds: float = 0.0
     path: Optional[str] = field(default=None, compare=False)
     parts: list = field(default_factory=list, compare=False, repr=False)   # per-prompt studies of a pooled one
+    joint: dict = field(default_factory=dict, repr=False)
 
     def names(self, level: Optional[int] = None) -> list[str]:
         return [d["name"] for d in self.layers if level is None or d["level"] == level]
@@ -174,8 +211,8 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
                   guidance_scale: float = 4.0, height: Optional[int] = None, width: Optional[int] = None,
                   seed: int = 0, device="cpu", dtype="float32", capture_steps=None, layers=None,
                   batch_size: int = 4, memory_budget_gb: float = 8.0, output_dir=None, weights: str = "trained",
-                  cache: bool = True, pipe=None, verbose: bool = True, scheduler: str = "dpm",
-                  accelerator=None) -> CaptureStudy:
+                  cache: bool = True, pipe=None, verbose: bool = True, scheduler: Optional[str] = None,
+                  max_sequence_length: Optional[int] = None, accelerator=None) -> CaptureStudy:
     """Generate one image per prompt with ``model`` while capturing every self-attention map.
 
     Args:
@@ -188,8 +225,11 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
         layers: layer selection (default: all self-attention layers).
         output_dir: cache folder (``<output_dir>/captures``); None disables caching.
         pipe: an already loaded pipeline for ``model`` (skips loading).
-        scheduler: ``"dpm"`` (the paper's DPM-Solver++, default) or ``"pipeline"`` (the checkpoint's own);
-            see :func:`load_study_pipeline`.
+        scheduler: ``"dpm"`` (the paper's DPM-Solver++) or ``"pipeline"`` (the checkpoint's own); None (default):
+            the model's own where its spec has one (FLUX.1, SD3.5), else ``"dpm"``; see :func:`load_study_pipeline`.
+        max_sequence_length: joint-attention models: the prompt's T5 tokens (None: the pipeline's default). Their
+            captures also keep each layer's text side (``study.joint``: text share split into the prompt's tokens
+            and padding with :func:`~aconvlib.models.families.joint.prompt_token_mask`).
         accelerator: an accelerate ``Accelerator``/``PartialState`` of a data-parallel run (``accelerate launch``,
             ``torchrun``): the prompt batches are dealt round-robin to the processes (each batch keeps its
             generator seed), the accumulators are summed once at the end
@@ -208,8 +248,12 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
                   height=height, width=width, seed=seed, dtype=str(parse_dtype(dtype)).replace("torch.", ""),
                   capture_steps=None if capture_steps is None else list(capture_steps), layers=layers,
                   batch_size=batch_size, fingerprint=_weights_identity(spec, weights))
+    scheduler = _default_scheduler(spec.name) if scheduler is None else scheduler
     if scheduler != "dpm":  # the default keeps the cache keys of earlier runs
         params["scheduler"] = scheduler
+    call = {}
+    if max_sequence_length is not None:
+        params["max_sequence_length"] = call["max_sequence_length"] = int(max_sequence_length)
     path = None
     if output_dir is not None:
         path = Path(output_dir) / "captures" / f"{spec.name}-{_key(params)}.pt"
@@ -231,10 +275,15 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
     latent_hw = spec.latent_grid(height, width)
     with capture_self_attention(pipe, layers, steps=capture_steps, memory_budget_gb=memory_budget_gb,
                                 latent_hw=latent_hw) as cap:
+        joint = any(lay.joint for lay in cap.layers)
         for i in list(range(0, len(prompts), batch_size))[rank::world]:
             gen = torch.Generator("cpu").manual_seed(seed + i)
+            if joint:   # which text tokens are the prompt's and which are padding, for this batch
+                from ..models.families.joint import prompt_token_mask
+
+                cap.text_mask = prompt_token_mask(pipe, prompts[i:i + batch_size], max_sequence_length)
             out = pipe(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       generator=gen, height=height, width=width, **generation_kwargs(pipe))
+                       generator=gen, height=height, width=width, **generation_kwargs(pipe), **call)
             batches[i] = [np.asarray(im.convert("RGB")) for im in out.images]
     seconds = time.time() - t0
     if world > 1:
@@ -246,11 +295,12 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
         batches = {i: ims for part, _ in parts for i, ims in part.items()}
         seconds = max(sec for _, sec in parts)
     images = [im for i in sorted(batches) for im in batches[i]]
-    layer_info = [dict(name=lay.name, label=layer_label(lay.name), level=lay.level, grid=cap.grids[lay.name],
-                       heads=lay.heads) for lay in cap.layers]
+    layer_info = [dict(name=lay.name, label=layer_label(lay.name, lay.block_type), level=lay.level,
+                       grid=cap.grids[lay.name], heads=lay.heads, **({"block_type": lay.block_type} if joint else {}))
+                  for lay in cap.layers]
     study = CaptureStudy(model=spec.name, weights=weights, family=spec.family, prompts=prompts,
                          images=np.stack(images), layers=layer_info, maps=cap.maps, grids=cap.grids,
-                         params=params, seconds=seconds)
+                         params=params, seconds=seconds, joint=_joint_side(cap) if joint else {})
     if path is not None:
         if rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +311,13 @@ def capture_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prom
     if verbose and rank == 0:
         print(f"[studies] {study.describe()}: generated and captured in {seconds:.1f} s")
     return study
+
+
+def _joint_side(cap) -> dict:
+    """The text side of a capture's joint layers (see :attr:`CaptureStudy.joint`)."""
+    text, pad, keys, kinds = cap.text_share, cap.padding_share, cap.text_key_mass, cap.block_types
+    return {n: {"block_type": kinds[n], "text_share": text[n], "padding_share": pad[n], "text_key_mass": keys[n]}
+            for n in text}
 
 
 def per_prompt_study(model: str, prompts: Optional[Sequence[str]] = None, *, n_prompts: int = 4, **gen) -> CaptureStudy:
@@ -281,11 +338,13 @@ def pool_studies(parts: Sequence[CaptureStudy]) -> CaptureStudy:
            for p in parts):
         raise ValueError("pool_studies needs studies of one model with the same layers")
     maps = {name: torch.stack([p.maps[name].float() for p in parts]).mean(0) for name in first.maps}
+    joint = {name: {k: (v if isinstance(v, str) else torch.stack([p.joint[name][k].float() for p in parts]).mean(0))
+                    for k, v in side.items()} for name, side in first.joint.items()}
     prompts = [q for p in parts for q in p.prompts]
     return CaptureStudy(model=first.model, weights=first.weights, family=first.family, prompts=prompts,
                         images=np.concatenate([p.images for p in parts]), layers=first.layers, maps=maps,
                         grids=first.grids, params={**first.params, "prompts": prompts, "pooled": len(parts)},
-                        seconds=sum(p.seconds for p in parts), parts=list(parts))
+                        seconds=sum(p.seconds for p in parts), parts=list(parts), joint=joint)
 
 
 def window_share(curve, kernel_sizes, k: int) -> float:

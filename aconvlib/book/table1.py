@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import functools
 
-from ..mixers.flops import (attention_flops, attention_flops_2mac, deltaconv_flops, ditfastattn_window,
+from ..mixers.flops import (attention_flops, attention_flops_2mac, deltaconv_flops, ditfastattn_window, joint_flops,
                             linear_attention_flops, window_attention_flops)
 from ..models import paper_table
 
-__all__ = ["TABLE1_MODELS", "paper_table1", "table1_attention_conventions", "table1_comparison", "table1_module"]
+__all__ = ["TABLE1_JOINT_MODEL", "TABLE1_MODELS", "paper_table1", "table1_attention_conventions", "table1_comparison",
+           "table1_joint", "table1_module"]
 
 #: Table 1's model keys -> the registered model whose module the row measures
 TABLE1_MODELS = {"pixart": "pixart-sigma-1024", "sd15": "sd15"}
+#: the joint-attention model whose rows Table 1 gains (no paper entry: attention vs the ΔConv hybrid, ours only)
+TABLE1_JOINT_MODEL = "flux-dev"
 
 
 def table1_module(key: str) -> dict:
@@ -142,4 +145,41 @@ def table1_attention_conventions():
                          "paper formula, batch 1": attention_flops(n, c) / paper,
                          "8NC'², batch 2, 4K = 3840×2160": 2 * attention_flops_2mac(n_text, c) / paper,
                          "8NC'², batch 2, 4K = 4096×2160": 2 * attention_flops_2mac(n, c) / paper})
+    return pd.DataFrame(rows)
+
+
+def table1_joint(model: str = TABLE1_JOINT_MODEL, batch: int = 1, text_tokens=None, ratio: float = 0.5,
+                 scales=(1.0, 0.5)):
+    """Table 1's rows for a joint-attention transformer (the paper has none): one double-stream (joint) layer's
+    attention against the ΔConv hybrid that replaces it (:func:`aconvlib.mixers.flops.joint_flops`), in GFLOPs
+    per module call × ``batch``, at the PixArt-Σ rows' frames (the same 16 px per token): 512², 1024², 2048²,
+    4096×2160, 7680×4320, 15360×8640.
+
+    The module is read from the shipped config (:func:`~aconvlib.book.module_shapes.module_shape`: FLUX.1 has
+    C = 3072, 24 heads, K = 13); ``text_tokens`` (default: the model's own ``max_sequence_length``, FLUX.1 [dev]
+    512 T5 tokens) are part of every joint sequence. ``batch`` 1: FLUX.1 samples without classifier-free guidance
+    (its guidance is an input of the transformer). Columns: model, size, pixels, grid, image tokens, text tokens,
+    ``attn ours``, ``hybrid ours``, ``attn/hybrid ours``, and the hybrid's parts (``hybrid: projections``,
+    ``hybrid: text attention``, ``hybrid: ΔConv``) and ``N² share of attn`` (the image-image part the hybrid
+    removes, as a share of the layer's attention)."""
+    import pandas as pd
+
+    from ..models import get_spec
+    from .module_shapes import module_shape
+
+    shape, spec = module_shape(model), get_spec(model)
+    if text_tokens is None:
+        text_tokens = spec.sampling.max_sequence_length if spec.sampling and spec.sampling.max_sequence_length else 512
+    c, f, k = shape["channels"], shape["px_per_token"], shape["kernel_size"]
+    rows = []
+    for label, (h, w) in paper_table1()["pixart"]["sizes"].items():
+        grid = (h // f, w // f)
+        j = joint_flops(grid, text_tokens, c, k, ratio, scales)
+        g = {key: batch * v / 1e9 for key, v in j.items()}
+        rows.append({"model": model, "size": label, "pixels": f"{w}×{h}", "grid": f"{grid[0]}×{grid[1]}",
+                     "image tokens": grid[0] * grid[1], "text tokens": int(text_tokens), "attn ours": g["attention"],
+                     "hybrid ours": g["hybrid"], "attn/hybrid ours": j["attention"] / j["hybrid"],
+                     "hybrid: projections": g["projections"],
+                     "hybrid: text attention": g["text_queries"] + g["image_to_text"], "hybrid: ΔConv": g["deltaconv"],
+                     "N² share of attn": j["image_quadratic"] / j["attention"]})
     return pd.DataFrame(rows)

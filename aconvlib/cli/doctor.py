@@ -36,9 +36,11 @@ def report() -> dict:
     rows = []
     for s in list_models():
         cached = True if s.embedded else not any(_not_in_cache(r) for r in (s.hub_id, s.components_from) if r)
-        est = estimate_run_bytes(s.name, dtype, batch=1, capture=False).total / 2**30
-        rows.append({"model": s.name, "cached": cached, "est_gib": est,
-                     "fits": cached and est < out["device"]["available_gib"]})
+        run = estimate_run_bytes(s.name, dtype, batch=1, capture=False)
+        est, avail = run.total / 2**30, out["device"]["available_gib"]
+        rows.append({"model": s.name, "cached": cached, "est_gib": est, "fits": cached and est < avail,
+                     "offload_gib": run.offloaded_total / 2**30,
+                     "fits_offloaded": cached and est >= avail and run.offloaded_total / 2**30 < avail})
     out["models"] = rows
     out["released"] = released_rows()
     return out
@@ -62,8 +64,9 @@ def _doctor(args) -> None:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()))
     print(f"{'model':<20} {'weights here':<13} {'est. GiB (batch 1, CFG)':>24}  runnable here")
     for m in r["models"]:
-        print(f"{m['model']:<20} {'yes' if m['cached'] else 'no':<13} {m['est_gib']:>24.1f}  "
-              f"{'yes' if m['fits'] else 'no'}")
+        runnable = ("yes" if m["fits"] else
+                    f"with pipe.enable_model_cpu_offload() ({m['offload_gib']:.1f} GiB)" if m["fits_offloaded"] else "no")
+        print(f"{m['model']:<20} {'yes' if m['cached'] else 'no':<13} {m['est_gib']:>24.1f}  {runnable}")
     print("the authors' released ΔConv students (load_official; chapters 07/08 use the mjv5 ones when cached):")
     for c in r["released"]:
         print(f"  {c['name']:<28} {'yes' if c['cached'] else 'no':<4} base {c['base']} "

@@ -7,9 +7,10 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..models import LatentTracker, SelfAttentionLayer, get_denoiser, self_attention_layers
+from ..models import LatentTracker, SelfAttentionLayer, family_of, get_denoiser, self_attention_layers
+from ..models.families.joint import JointLayout, joint_output, joint_qkv
 
-__all__ = ["DeltaConvSelfAttention", "MixerAdapter", "MixerSelfAttention"]
+__all__ = ["DeltaConvSelfAttention", "JointMixerAttention", "MixerAdapter", "MixerSelfAttention"]
 
 
 class MixerSelfAttention(nn.Module):
@@ -69,6 +70,65 @@ class MixerSelfAttention(nn.Module):
 
 
 DeltaConvSelfAttention = MixerSelfAttention  # historical name: the wrapper serves every kind (see ``.kind``)
+
+
+class JointMixerAttention(MixerSelfAttention):
+    """Drop-in for a joint text-image attention layer (FLUX double/single, SD3 joint) whose image↔image mixing is a
+    trained block: the ΔConv hybrid.
+
+    With q, k, v the original layer's own (:func:`~aconvlib.models.families.joint.joint_qkv`, its processor's
+    projections, norms and RoPE; the original module is kept as ``attn``, frozen):
+
+    * text queries keep full attention over every key (text and image): the text stream is the teacher's;
+    * image queries get ``σ(g_h) · softmax(q k_textᵀ) v_text  +  ΔConv(x_image)`` per head ``h``: attention over
+      the text keys only (its own softmax over the L text keys) gated by a learned per-head scalar ``g`` (initial
+      σ = 1/2), plus the ΔConvBlock on the image tokens' input (reshaped to heads × head dim);
+    * the sum goes through the layer's own output projections (:func:`~aconvlib.models.families.joint.joint_output`).
+
+    Why a gated sum and not a logsumexp merge of the two softmaxes: the exact merge
+    ``(e^{lse_img} o_img + e^{lse_txt} o_txt) / (e^{lse_img} + e^{lse_txt})`` needs ``lse_img``, the log-mass of
+    the image keys, which is an O(N²) quantity — exactly what ΔConv removes. The gate stands in for the image/text
+    balance (the text share the joint capture measures, per head on average) and the ΔConv block, trained to match
+    the teacher's layer output, absorbs the rest. The text conditioning survives twice: text queries are exact and
+    image queries read the prompt through their text attention.
+
+    ``block`` holds ``conv`` (the :class:`~aconvlib.mixers.deltaconv.DeltaConvBlock`, C → C) and ``text_gate``
+    ([heads] logits); the call signature is the union of the FLUX and SD3 attention modules'.
+    """
+
+    def __init__(self, block: nn.Module, name: str, level: int, tracker: LatentTracker, attn_params: int,
+                 original: nn.Module, layout: JointLayout, kind: str = "deltaconv", title: str = "ΔConv"):
+        super().__init__(block, name, level, tracker, attn_params, kind=kind, needs_grid=True, title=title)
+        self.attn = original
+        self.layout = layout
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, image_rotary_emb=None, **kwargs):
+        if attention_mask is not None:
+            raise ValueError(f"{self.layer_name}: the ΔConv hybrid takes no attention mask")
+        attn, lay = self.attn, self.layout
+        q, k, v, n_text = joint_qkv(attn, lay, hidden_states, encoder_hidden_states, image_rotary_emb)
+        b, seq, heads, d = q.shape
+        if lay.block_type == "single":    # [text, image] in one stream: the grid says how many are image tokens
+            grid = self.tracker.grid(self.level)
+            if grid is None:
+                raise RuntimeError(f"{self.layer_name}: unknown token grid; call the denoiser itself")
+            n_text = seq - grid[0] * grid[1]
+        n_img = seq - n_text
+        grid = self.token_grid(n_img)
+        img, txt = lay.image_slice(n_text, n_img), lay.text_slice(n_text, n_img)
+        x_img = hidden_states[:, img] if lay.block_type == "single" else hidden_states
+        out = torch.empty_like(q)
+        if n_text:
+            out[:, txt] = nn.functional.scaled_dot_product_attention(
+                q[:, txt].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        conv = self.block.conv(x_img, grid=grid).view(b, n_img, heads, d)
+        if n_text:
+            to_text = nn.functional.scaled_dot_product_attention(
+                q[:, img].transpose(1, 2), k[:, txt].transpose(1, 2), v[:, txt].transpose(1, 2)).transpose(1, 2)
+            conv = conv + torch.sigmoid(self.block.text_gate).view(1, 1, heads, 1).to(q.dtype) * to_text
+        out[:, img] = conv.to(out.dtype)
+        return joint_output(attn, lay, out.flatten(2), n_text, encoder_hidden_states is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,13 +265,18 @@ class MixerAdapter(ModelMixin, ConfigMixin):
         specs = {l["name"]: l for l in self.config.layers}
         tracker = LatentTracker(den)
         originals = {}
+        fam = family_of(den)
         for l in layers:
             parent, child = _parent(den, l.name)
             if keep:
                 originals[l.name] = l.module
             n_params = sum(p.numel() for p in l.module.parameters())
-            wrapper = MixerSelfAttention(blocks[l.name], l.name, l.level, tracker, n_params, kind=self.kind,
-                                         needs_grid=self.needs_grid(specs[l.name]), title=self.title)
+            if l.joint:
+                wrapper = JointMixerAttention(blocks[l.name], l.name, l.level, tracker, n_params, l.module,
+                                              fam.layout(den, l.name), kind=self.kind, title=self.title)
+            else:
+                wrapper = MixerSelfAttention(blocks[l.name], l.name, l.level, tracker, n_params, kind=self.kind,
+                                             needs_grid=self.needs_grid(specs[l.name]), title=self.title)
             setattr(parent, child, wrapper)
         self.tracker = tracker
         self.__dict__.update(_installed=blocks, _originals=originals, _grad_flags=grad_flags)

@@ -2,6 +2,7 @@
 attention, window attention, and the no- and uniform-attention controls), and ``MIXERS`` mapping kind names to them."""
 from __future__ import annotations
 
+import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
@@ -12,14 +13,26 @@ from .window_attention import WINDOW_MODES, WindowAttention, _check_window
 from .adapter_base import MixerAdapter, _key
 from .layer_specs import per_layer, resolve_kernel_sizes
 
-__all__ = ["DeltaConvAdapter", "LINEAR_INITS", "LinearAttentionAdapter", "MIXERS", "MIXER_KINDS", "NoAttentionAdapter", "TRAINABLE_KINDS", "UniformAttentionAdapter", "WindowAttentionAdapter"]
+__all__ = ["DeltaConvAdapter", "JointDeltaConv", "LINEAR_INITS", "LinearAttentionAdapter", "MIXERS", "MIXER_KINDS", "NoAttentionAdapter", "TRAINABLE_KINDS", "UniformAttentionAdapter", "WindowAttentionAdapter"]
+
+
+class JointDeltaConv(nn.Module):
+    """The trained part of a joint layer's ΔConv hybrid (see :class:`~aconvlib.mixers.adapter_base.JointMixerAttention`):
+    ``conv``, the ΔConvBlock on the image tokens (C → C), and ``text_gate``, one logit per head weighting the image
+    queries' attention over the text keys (0: σ = 1/2)."""
+
+    def __init__(self, channels: int, heads: int, kernel_size, **block_kwargs):
+        super().__init__()
+        self.conv = DeltaConvBlock(channels, kernel_size, **block_kwargs)
+        self.text_gate = nn.Parameter(torch.zeros(heads))
 
 
 class DeltaConvAdapter(MixerAdapter):
     """The ΔConv blocks of one converted denoiser and the config to rebuild them.
 
     Args:
-        layers: one dict per replaced layer: ``name``, ``channels``, ``kernel_size``, ``level``.
+        layers: one dict per replaced layer: ``name``, ``channels``, ``kernel_size``, ``level`` (joint-attention
+            layers also ``block_type`` and ``heads``: their block is a :class:`JointDeltaConv`).
         base_model: class name of the denoiser (``UNet2DConditionModel`` / ``PixArtTransformer2DModel``).
         ratio, scales, gate, gate_scale, bias: :class:`~aconvlib.mixers.deltaconv.DeltaConvBlock` arguments.
     """
@@ -31,16 +44,19 @@ class DeltaConvAdapter(MixerAdapter):
                  scales: list[float] = (1.0, 0.5), gate: str = "scaled", gate_scale: str | float = "divide",
                  bias: bool = True):
         super().__init__()
+        kw = dict(scales=list(scales), ratio=ratio, gate=gate, gate_scale=gate_scale, bias=bias)
         self.blocks = nn.ModuleDict({
-            _key(l["name"]): DeltaConvBlock(int(l["channels"]), l["kernel_size"], scales=list(scales), ratio=ratio,
-                                            gate=gate, gate_scale=gate_scale, bias=bias)
+            _key(l["name"]): (JointDeltaConv(int(l["channels"]), int(l["heads"]), l["kernel_size"], **kw)
+                              if l.get("block_type", "self") != "self" else
+                              DeltaConvBlock(int(l["channels"]), l["kernel_size"], **kw))
             for l in layers})
 
     @classmethod
     def layer_specs(cls, denoiser, layers, *, kernel_sizes="paper", ratio: float = 0.5, scales=(1.0, 0.5),
                     gate: str = "scaled", gate_scale: str | float = "divide", bias: bool = True):
         ks = resolve_kernel_sizes(denoiser, kernel_sizes, layers)
-        spec = [{"name": l.name, "channels": l.channels, "kernel_size": ks[l.name], "level": l.level} for l in layers]
+        spec = [{"name": l.name, "channels": l.channels, "kernel_size": ks[l.name], "level": l.level,
+                 **({"block_type": l.block_type, "heads": l.heads} if l.joint else {})} for l in layers]
         return spec, dict(ratio=ratio, scales=list(scales), gate=gate, gate_scale=gate_scale, bias=bias)
 
 

@@ -131,6 +131,9 @@ def build_mixer_adapter(pipe_or_denoiser, kind: str = "deltaconv", *, seed: int 
     layers = self_attention_layers(den)
     if not layers:
         raise ValueError(f"no self-attention (attn1) layers found in the {type(den).__name__}")
+    if kind != "deltaconv" and any(l.joint for l in layers):
+        raise NotImplementedError(f"mixer kind {kind!r} replaces self-attention only; the {type(den).__name__} has "
+                                  "joint text-image attention layers: convert it with kind='deltaconv' (the hybrid)")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

@@ -346,3 +346,39 @@ def attention_terms(tokens: int, channels: int) -> dict[str, int]:
 
 
 __all__ += ["attention_terms"]
+
+
+# ----------------------------------------------------------------------------------------------
+# joint text-image attention and its ΔConv hybrid (adapter_base.JointMixerAttention)
+# ----------------------------------------------------------------------------------------------
+def joint_flops(grid: tuple[int, int], text_tokens: int, channels: int, kernel_size: int | list[int] = 13,
+                ratio: float = 0.5, scales=(1.0, 0.5), out_projection: bool = True) -> dict[str, int]:
+    """One joint attention layer over N = H·W image and L text tokens of C channels, and its ΔConv hybrid, per
+    sample at 2 FLOPs per multiply-add (the convention of :func:`attention_flops_2mac`). With S = N + L:
+
+    * ``attention``: q, k, v (and, with ``out_projection``, the output projections) of all S tokens,
+      2·(3 + 1)·S·C², plus the joint core 4·S²·C + 4·S² (= :func:`attention_flops_2mac` (S, C));
+    * ``hybrid``: the same projections (the hybrid takes the layer's own q, k, v of every token and its output
+      projections), text queries over every key 4·L·S·C + 4·L·S, image queries over the text keys only
+      4·N·L·C + 4·N·L, and the ΔConvBlock on the image grid (:func:`deltaconv_flops`): no N² term.
+
+    Also returned: ``projections``, ``text_queries``, ``image_to_text``, ``deltaconv`` (the hybrid's parts) and
+    ``image_quadratic`` (the 4·N²·C + 4·N² the hybrid removes). ``out_projection=False``: FLUX's single-stream
+    blocks, whose attention has no output projection (the block's ``proj_out`` mixes attention and MLP).
+    """
+    h, w = grid
+    n, l, c = int(h) * int(w), int(text_tokens), int(channels)
+    if n <= 0 or l < 0 or c <= 0:
+        raise ValueError(f"joint_flops needs a non-empty grid, L ≥ 0 and C > 0, got {grid}, {text_tokens}, "
+                         f"{channels}")
+    s = n + l
+    proj = 2 * (4 if out_projection else 3) * s * c * c
+    text_q = 4 * l * s * c + 4 * l * s
+    img_text = 4 * n * l * c + 4 * n * l
+    dc = deltaconv_flops((h, w), c, kernel_size, ratio, scales)
+    return {"attention": proj + 4 * s * s * c + 4 * s * s, "hybrid": proj + text_q + img_text + dc,
+            "projections": proj, "text_queries": text_q, "image_to_text": img_text, "deltaconv": dc,
+            "image_quadratic": 4 * n * n * c + 4 * n * n}
+
+
+__all__ += ["joint_flops"]

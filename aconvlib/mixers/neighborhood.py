@@ -11,6 +11,15 @@ its Flex backend, forward only, and needs a power-of-two head dim: q, k, v are z
 next power of two (which changes no dot product) and the original ``d^{-1/2}`` scale is passed.
 ``"torch"`` is a dense masked-softmax reference (O(N²) memory, fine for small grids) used when NATTEN
 is missing and in the tests.
+
+Joint text-image attention (FLUX, SD3; layers whose ``block_type`` is not ``"self"``), as CLEAR does for FLUX: every
+**image query** attends to the K×K neighbourhood of image keys around it (the same shifted windows) plus **every
+text key**, in one softmax; **text queries** keep full attention over all keys (:class:`JointNeighborhoodProcessor`).
+q, k, v are the processor's own (:func:`~aconvlib.models.families.joint.joint_qkv`: projections, RMS norms, RoPE)
+and the output goes through the processor's own output projections, so with K covering the grid the layer computes
+what it did before. ``"natten"`` passes the text tokens as ``natten.na2d``'s ``additional_keys``/
+``additional_values`` (merged into the neighbourhood's softmax); ``"torch"`` masks a dense [N, N + L] softmax. Joint
+transformers have one grid: K must be odd and at most its shorter side (else :class:`KernelSizeError`, one line).
 """
 from __future__ import annotations
 
@@ -19,10 +28,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ..models import LatentTracker, get_denoiser, self_attention_layers
+from ..models import LatentTracker, family_of, get_denoiser, self_attention_layers
+from ..models.families.joint import JointLayout, joint_output, joint_qkv
 
-__all__ = ["NeighborhoodAttnProcessor", "clip_kernel", "natten_available", "neighborhood_attention",
-           "neighborhood_mask"]
+__all__ = ["JointNeighborhoodProcessor", "KernelSizeError", "NeighborhoodAttnProcessor", "check_joint_kernel",
+           "clip_kernel", "natten_available", "neighborhood_attention", "neighborhood_mask"]
 
 
 def natten_available() -> bool:
@@ -119,13 +129,86 @@ class NeighborhoodAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
+class KernelSizeError(ValueError):
+    """A neighborhood kernel size that joint attention cannot use (even, or larger than the image grid)."""
+
+
+def check_joint_kernel(kernel_size: int, grid: tuple[int, int], where: str = "") -> int:
+    """``kernel_size`` if it is odd and fits the image grid ``(H', W')``, else :class:`KernelSizeError`."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise KernelSizeError(f"neighborhood attention needs an odd kernel size >= 1, got {kernel_size!r}")
+    if kernel_size > min(grid):
+        top = min(grid) if min(grid) % 2 else min(grid) - 1
+        raise KernelSizeError(f"neighborhood attention K={kernel_size} is larger than the {grid[0]}x{grid[1]} image "
+                              f"token grid{' of ' + where if where else ''}: use an odd K <= {top} or a larger image")
+    return kernel_size
+
+
+def _pad_pow2(t: torch.Tensor, d: int) -> torch.Tensor:
+    dp = 1 << (d - 1).bit_length()
+    return F.pad(t, (0, dp - d)) if dp != d else t
+
+
+class JointNeighborhoodProcessor:
+    """A diffusers attention processor for one joint layer: image queries K×K + text keys, text queries full."""
+
+    def __init__(self, kernel_size: int, layout: JointLayout, backend: str = "torch", tracker=None, name: str = "",
+                 grid: tuple[int, int] | None = None):
+        self.kernel_size, self.layout, self.backend, self.tracker, self.name = kernel_size, layout, backend, tracker, name
+        self.fixed_grid = grid
+
+    @property
+    def grid(self):
+        return self.fixed_grid if self.tracker is None else self.tracker.grid(0)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 **kwargs):
+        if attention_mask is not None:
+            raise ValueError(f"{self.name}: joint neighborhood attention takes no attention mask")
+        if self.grid is None:
+            raise RuntimeError("neighborhood attention needs the token grid: call the denoiser itself")
+        h, w = self.grid
+        n_img = h * w
+        k_size = check_joint_kernel(self.kernel_size, (h, w), self.name)
+        q, k, v, n_text = joint_qkv(attn, self.layout, hidden_states, encoder_hidden_states, image_rotary_emb)
+        b, seq, heads, d = q.shape
+        if self.layout.block_type == "single":
+            n_text = seq - n_img
+        if n_text < 0 or n_text + n_img != seq:
+            raise ValueError(f"{self.name}: {seq} tokens do not hold the {h}x{w} image grid and {n_text} text tokens")
+        img, txt = self.layout.image_slice(n_text, n_img), self.layout.text_slice(n_text, n_img)
+        out = torch.empty_like(q)
+        scale = d ** -0.5
+        if n_text:   # text queries: full attention over every key
+            out[:, txt] = F.scaled_dot_product_attention(q[:, txt].transpose(1, 2), k.transpose(1, 2),
+                                                         v.transpose(1, 2), scale=scale).transpose(1, 2)
+        qi, ki, vi = q[:, img], k[:, img], v[:, img]
+        kt, vt = k[:, txt], v[:, txt]
+        if self.backend == "natten":
+            import natten
+
+            pad = lambda t: _pad_pow2(t, d)   # noqa: E731
+            extra = dict(additional_keys=pad(kt), additional_values=pad(vt)) if n_text else {}
+            o = natten.na2d(pad(qi).reshape(b, h, w, heads, -1), pad(ki).reshape(b, h, w, heads, -1),
+                            pad(vi).reshape(b, h, w, heads, -1), kernel_size=k_size, scale=scale, **extra)
+            out[:, img] = o.reshape(b, n_img, heads, -1)[..., :d].to(q.dtype)
+        else:
+            mask = torch.cat([neighborhood_mask((h, w), k_size, q.device),
+                              torch.ones(n_img, n_text, dtype=torch.bool, device=q.device)], dim=1)   # [N, N + L]
+            out[:, img] = F.scaled_dot_product_attention(
+                qi.transpose(1, 2), torch.cat([ki, kt], 1).transpose(1, 2), torch.cat([vi, vt], 1).transpose(1, 2),
+                attn_mask=mask, scale=scale).transpose(1, 2)
+        return joint_output(attn, self.layout, out.flatten(2).to(q.dtype), n_text, encoder_hidden_states is not None)
+
+
 @contextmanager
 def neighborhood_attention(target, kernel_size: int = 13, backend: str | None = None):
     """Inside the block every ``attn1`` of the pipeline's / denoiser's layers runs K×K neighborhood attention.
 
     Args:
-        target: a diffusers pipeline or denoiser (U-Net or PixArt DiT).
-        kernel_size: K (clipped per layer to its grid, see :func:`clip_kernel`).
+        target: a diffusers pipeline or denoiser (U-Net, PixArt DiT, or a joint-attention transformer: FLUX, SD3).
+        kernel_size: K (clipped per layer to its grid, see :func:`clip_kernel`; joint layers: at most the image
+            grid's shorter side, else :class:`KernelSizeError` when the denoiser is called).
         backend: ``"natten"`` or ``"torch"`` (dense masked reference). Default: NATTEN on CUDA when
             installed, else ``"torch"`` — on CPU NATTEN's uncompiled Flex backend materializes the full
             score matrix anyway and measured 7× slower than the dense reference on mini-sd (same outputs,
@@ -135,7 +218,7 @@ def neighborhood_attention(target, kernel_size: int = 13, backend: str | None = 
     original processors are restored on exit, also after an exception.
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"neighborhood attention needs an odd kernel size >= 1, got {kernel_size}")
+        raise KernelSizeError(f"neighborhood attention needs an odd kernel size >= 1, got {kernel_size}")
     den = get_denoiser(target)
     layers = self_attention_layers(den)
     if not layers:
@@ -149,7 +232,10 @@ def neighborhood_attention(target, kernel_size: int = 13, backend: str | None = 
         raise ImportError("natten is not installed: `pip install --no-build-isolation natten`, or backend='torch'")
     originals = dict(den.attn_processors)
     tracker = LatentTracker(den)
-    procs = {layer.name: NeighborhoodAttnProcessor(kernel_size, backend, tracker, layer.level) for layer in layers}
+    fam = family_of(den)
+    procs = {layer.name: (JointNeighborhoodProcessor(kernel_size, fam.layout(den, layer.name), backend, tracker,
+                                                     layer.name) if layer.joint else
+                          NeighborhoodAttnProcessor(kernel_size, backend, tracker, layer.level)) for layer in layers}
     new = dict(originals)
     new.update({f"{name}.processor": p for name, p in procs.items()})
     den.set_attn_processor(new)

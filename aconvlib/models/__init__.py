@@ -10,6 +10,7 @@ from .families import (DenoiserFamily, TextConditioning, family_of, get_family, 
                        text_conditioning)
 from .families.unet import unet_level_grids
 from .layers import SelfAttentionLayer, default_latent_hw, denoise, get_denoiser, self_attention_layers
+from .sampling import Sampling
 from .registry import (
     FIXTURE_MARK,
     MissingWeightsError,
@@ -30,7 +31,8 @@ from .resources import config_dir, data_dir, models_dir, paper_table
 from .tracker import LatentTracker
 
 __all__ = [
-    "FIXTURE_MARK", "DenoiserFamily", "LatentTracker", "MissingWeightsError", "ModelSpec", "SUPPORTED_PIPELINES", "SelfAttentionLayer", "TextConditioning",
+    "FIXTURE_MARK", "DenoiserFamily", "LatentTracker", "MissingWeightsError", "ModelSpec", "SUPPORTED_PIPELINES", "Sampling",
+    "SelfAttentionLayer", "TextConditioning",
     "UnknownModelError",
     "UnsupportedPipelineError",
     "config_dir", "data_dir", "default_latent_hw", "denoise", "family_of", "get_denoiser", "get_family", "get_spec",

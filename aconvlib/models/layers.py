@@ -23,6 +23,9 @@ class SelfAttentionLayer:
         grid: token grid (H', W') for the latent size the layers were enumerated for.
         heads, head_dim: attention heads and channels per head; ``channels`` = C' (query dim).
         level: resolution level (0 = full latent resolution for U-Nets, 0 for every DiT block).
+        block_type: ``"self"`` (attends over the image tokens only) or, in joint-attention transformers, the joint
+            block type (``"double"``, ``"single"``, ``"joint"``: text and image tokens in one attention, see
+            :mod:`aconvlib.models.families.joint`); ``grid``/``tokens`` are the image tokens' in every case.
     """
 
     name: str
@@ -32,10 +35,16 @@ class SelfAttentionLayer:
     head_dim: int
     channels: int
     level: int
+    block_type: str = "self"
 
     @property
     def tokens(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    @property
+    def joint(self) -> bool:
+        """Whether text tokens share this attention (a joint-attention block)."""
+        return self.block_type != "self"
 
 
 def get_denoiser(pipe_or_denoiser) -> torch.nn.Module:
@@ -59,8 +68,8 @@ def get_denoiser(pipe_or_denoiser) -> torch.nn.Module:
 
 
 def default_latent_hw(denoiser) -> tuple[int, int]:
-    """The latent size of the denoiser's config (``sample_size``)."""
-    s = denoiser.config.sample_size
+    """The latent size of the denoiser's config (``sample_size``; FLUX, which has none: its pipeline's 128)."""
+    s = getattr(denoiser.config, "sample_size", None) or family_of(denoiser).default_sample_size
     return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
 
@@ -73,7 +82,8 @@ def denoise(model, x: torch.Tensor, t: torch.Tensor, text_states: torch.Tensor, 
 
 def self_attention_layers(denoiser: torch.nn.Module, latent_hw: tuple[int, int] | None = None
                           ) -> list[SelfAttentionLayer]:
-    """All self-attention layers of ``denoiser`` with their token grids.
+    """All self-attention layers of ``denoiser`` with their token grids (joint-attention transformers: every attention
+    layer, each with its ``block_type``).
 
     Args:
         denoiser: a supported denoiser (``UNet2DConditionModel``, ``PixArtTransformer2DModel``).
@@ -91,5 +101,5 @@ def self_attention_layers(denoiser: torch.nn.Module, latent_hw: tuple[int, int] 
         level = fam.layer_level(denoiser, name)
         heads = module.heads
         layers.append(SelfAttentionLayer(name, module, grids[level], heads, module.to_q.out_features // heads,
-                                         module.to_q.in_features, level))
+                                         module.to_q.in_features, level, fam.layer_block_type(denoiser, name)))
     return layers

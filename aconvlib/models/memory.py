@@ -15,6 +15,7 @@ import torch
 
 from ..utils import parse_dtype
 
+from .families import family_of
 from .layers import self_attention_layers
 from .registry import get_spec, load_denoiser
 
@@ -26,7 +27,15 @@ OTHER_PARAMS_M = {
     "sdxl": 123.1 + 694.7 + 83.7,        # CLIP ViT-L/14, OpenCLIP ViT-bigG/14 (with projection), SDXL VAE
     "pixart-sigma-512": 4762.3 + 83.7,   # T5-v1.1-XXL encoder, SDXL VAE
     "pixart-sigma-1024": 4762.3 + 83.7,
+    "flux-schnell": 123.1 + 4762.3 + 83.8,   # CLIP ViT-L/14 text encoder, T5-v1.1-XXL encoder, 16-channel VAE
+    "flux-dev": 123.1 + 4762.3 + 83.8,
+    "sd3.5-medium": 123.7 + 694.7 + 4762.3 + 83.8,   # CLIP-L and CLIP-G (with projections), T5-XXL, 16-channel VAE
+    "sd3.5-large": 123.7 + 694.7 + 4762.3 + 83.8,
 }
+# The largest of those components (millions): with ``pipe.enable_model_cpu_offload()`` one component at a time sits
+# on the device, so the peak is the largest component (the denoiser or this) plus the working memory.
+LARGEST_OTHER_M = {"sd15": 304.3, "sdxl": 694.7, "pixart-sigma-512": 4762.3, "pixart-sigma-1024": 4762.3,
+                   "flux-schnell": 4762.3, "flux-dev": 4762.3, "sd3.5-medium": 4762.3, "sd3.5-large": 4762.3}
 
 
 def dtype_bytes(dtype) -> int:
@@ -71,15 +80,38 @@ class RunEstimate:
     weights: int
     activations: int
     capture: int
+    largest_component: int = 0   # bytes of the largest pipeline component (0: not known)
 
     @property
     def total(self) -> int:
         return self.weights + self.activations + self.capture
 
+    @property
+    def offloaded_total(self) -> int:
+        """The peak with ``pipe.enable_model_cpu_offload()`` (one component on the device at a time): the largest
+        component plus the working memory (``total`` when the largest component is not known)."""
+        if not self.largest_component:
+            return self.total
+        return self.largest_component + self.activations + self.capture
+
+    def advice(self, available_bytes: int) -> str:
+        """How the run fits ``available_bytes``: ``"fits"``, ``"fits with pipe.enable_model_cpu_offload()"`` or
+        ``"does not fit"`` (with what it needs)."""
+        g = 2 ** 30
+        if self.total <= available_bytes:
+            return "fits"
+        if self.offloaded_total <= available_bytes:
+            return (f"does not fit without offload ({self.total / g:.1f} GiB); fits with "
+                    f"pipe.enable_model_cpu_offload() ({self.offloaded_total / g:.1f} GiB)")
+        return (f"does not fit ({self.total / g:.1f} GiB; {self.offloaded_total / g:.1f} GiB with "
+                f"pipe.enable_model_cpu_offload()): use pipe.enable_sequential_cpu_offload() or a smaller dtype")
+
     def describe(self) -> str:
         g = 2 ** 30
+        off = (f"; with pipe.enable_model_cpu_offload() {self.offloaded_total / g:.1f} GiB"
+               if self.largest_component and self.offloaded_total < self.total else "")
         return (f"{self.total / g:.1f} GiB (weights {self.weights / g:.1f}, activations ~{self.activations / g:.1f}, "
-                f"attention capture {self.capture / g:.1f})")
+                f"attention capture {self.capture / g:.1f}){off}")
 
 
 def estimate_run_bytes(model: str, dtype="float16", height: int | None = None, width: int | None = None,
@@ -91,7 +123,9 @@ def estimate_run_bytes(model: str, dtype="float16", height: int | None = None, w
     - activations: ``6 ×`` the largest self-attention layer's tokens × channels × (batch, ×2 with CFG), in
       ``dtype``, for the residual stream and the projections, plus the dense attention scores of one head
       (N² per item, fp32) as the upper bound of an SDPA math fallback; and the VAE decode at full size
-      (256 channels at H×W, 2 tensors);
+      (256 channels at H×W, 2 tensors); joint-attention layers count their text tokens too (the pipeline's
+      default ``max_sequence_length``);
+    - ``largest_component``: the denoiser or the largest other component (see :attr:`RunEstimate.offloaded_total`).
     - capture: one fp32 [N, N] accumulator per self-attention layer plus a 256 MiB workspace, when ``capture``.
     """
     spec = get_spec(model)
@@ -110,6 +144,10 @@ def estimate_run_bytes(model: str, dtype="float16", height: int | None = None, w
     layers = self_attention_layers(den, spec.latent_grid(h, w))
     items = batch * (2 if cfg else 1)
     big = max(layers, key=lambda l: l.tokens)
-    act = 6 * items * big.tokens * big.channels * b + items * big.tokens ** 2 * 4 + 2 * batch * 256 * h * w * b
+    fam = family_of(den)
+    seq = big.tokens + (fam.text_tokens(den) if any(l.joint for l in layers) else 0)
+    act = 6 * items * seq * big.channels * b + items * seq ** 2 * 4 + 2 * batch * 256 * h * w * b
     cap = sum(4 * l.tokens ** 2 for l in layers) + 3 * 256 * 2 ** 20 if capture else 0
-    return RunEstimate(n_params * b, act, cap)
+    den_params = denoiser_params(spec.name) if not spec.embedded else sum(p.numel() for p in den.parameters())
+    largest = max(den_params, int(1e6 * LARGEST_OTHER_M.get(spec.name, 0.0))) * b
+    return RunEstimate(n_params * b, act, cap, largest)

@@ -31,8 +31,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .buckets import SDXL_BUCKETS, area_buckets, pixart_bins
-from .families import get_family
+from .families import get_family, supported_classes
 from .resources import config_dir, models_dir
+from .sampling import Sampling
 
 
 class UnknownModelError(KeyError):
@@ -56,6 +57,8 @@ SUPPORTED_PIPELINES: dict[str, str] = {
     "StableDiffusionXLPipeline": "unet",
     "PixArtSigmaPipeline": "dit",
     "PixArtAlphaPipeline": "dit",
+    "FluxPipeline": "joint",                 # FLUX.1 [schnell] / [dev]
+    "StableDiffusion3Pipeline": "joint",     # SD3 / SD3.5
 }
 
 
@@ -102,6 +105,10 @@ class ModelSpec:
         buckets: returns the model's aspect-ratio training buckets, (height, width) in pixels (None: the model
             has no bucket table; see :meth:`bucket_sizes` and :mod:`aconvlib.models.buckets`).
         aliases: other names :func:`lookup_spec` accepts (besides the name, the hub id and the hub repo's name).
+        licence: the weights' licence, as the hub repo names it.
+        gated: the hub repo asks you to accept that licence (and to be logged in) before it lets you download.
+        sampling: the model's own sampler settings (:class:`~aconvlib.models.sampling.Sampling`), for models
+            distilled or trained for one; None: the chapters' setting (the paper's DPM-Solver++ steps and guidance).
     """
 
     name: str
@@ -116,6 +123,9 @@ class ModelSpec:
     variants: tuple = ()
     buckets: Optional[Callable[[], Sequence[tuple[int, int]]]] = None
     aliases: tuple = ()
+    licence: str = ""
+    gated: bool = False
+    sampling: Optional[Sampling] = None
 
     @property
     def denoiser_subfolder(self) -> str:
@@ -230,8 +240,11 @@ def _missing_weights_error(what: str, family: str, err: Exception | None = None,
     alt = get_family(family).embedded_alternative
     detail = f" [{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}]" if err else ""
     rev = f" at revision {revision!r}" if revision else ""
+    gate = next((s for s in _REGISTRY.values() if s.hub_id == what and s.gated), None)
+    gated = (f"{what} is gated: accept its licence ({gate.licence}) on https://huggingface.co/{what} and set a "
+             f"Hugging Face token (HF_TOKEN, or `huggingface-cli login`) before downloading. ") if gate else ""
     return MissingWeightsError(
-        f"weights for {what!r}{rev} are not available: not found in the local Hugging Face cache "
+        f"{gated}weights for {what!r}{rev} are not available: not found in the local Hugging Face cache "
         f"({constants.HF_HUB_CACHE}) and could not be downloaded"
         f"{' (offline mode is set)' if _offline() else ' (no network?)'}. "
         f"Download them on a machine with network access (e.g. `huggingface-cli download {what}`), "
@@ -366,7 +379,7 @@ def _check_pipeline_class(spec: ModelSpec, repo: str, hub: dict) -> None:
     if cls not in SUPPORTED_PIPELINES:
         raise UnsupportedPipelineError(
             f"{repo} holds a {cls}, which aconvlib does not support; supported pipelines: "
-            f"{', '.join(SUPPORTED_PIPELINES)} (denoisers: {', '.join(c for f in ('unet', 'dit') for c in get_family(f).class_names)})")
+            f"{', '.join(SUPPORTED_PIPELINES)} (denoisers: {', '.join(supported_classes())})")
 
 
 def _check_variant(spec: ModelSpec, kwargs: dict) -> None:
@@ -447,7 +460,7 @@ def load_denoiser(name: str, *, weights: bool = True, device: str | torch.device
             and the embedded alternative); anything else (a broken config, a missing dependency) as itself.
     """
     spec = _resolve(name)
-    cls = get_family(spec.family).model_class()
+    cls = get_family(spec.family).model_class(_read_config(spec.config_path) if spec.config_path.exists() else None)
     dtype = _default_dtype(dtype, kwargs)
     if not weights:
         if not spec.config_path.exists():
@@ -513,6 +526,9 @@ def load_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch
     return pipe.to(device)
 
 
+#: where the joint models' sampling defaults come from
+_CARD = "the hub model card's diffusers example"
+
 for _spec in (
     # SD1.5 was trained on square 512² crops only: its buckets are the common 512²-area scheme of fine-tuning
     # scripts (17 buckets); SDXL's are its paper's table; PixArt-Σ's are diffusers' aspect-ratio bins.
@@ -529,6 +545,23 @@ for _spec in (
     ModelSpec("pixart-sigma-1024", "dit", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", 1024, 8, 2,
               description="PixArt-Σ XL/2 at 1024 px (DiT, 28 self-attention layers)",
               buckets=functools.partial(pixart_bins, 1024), aliases=("pixart-sigma",)),
+    # Joint-attention transformers: text and image tokens in one attention (aconvlib.models.families.joint); FLUX
+    # packs 2×2 latent cells per token, SD3 patchifies 2×2: both (H/16, W/16) tokens. No bucket tables published.
+    ModelSpec("flux-schnell", "joint", "black-forest-labs/FLUX.1-schnell", 1024, 8, 2, licence="apache-2.0",
+              description="FLUX.1 [schnell] (MMDiT, 19 double- + 38 single-stream attention layers, 4 steps)",
+              sampling=Sampling(4, 0.0, max_sequence_length=256, source=_CARD)),
+    ModelSpec("flux-dev", "joint", "black-forest-labs/FLUX.1-dev", 1024, 8, 2, gated=True,
+              licence="FLUX.1 [dev] Non-Commercial License",
+              description="FLUX.1 [dev] (MMDiT, 19 double- + 38 single-stream attention layers, guidance-distilled)",
+              sampling=Sampling(50, 3.5, max_sequence_length=512, source=_CARD)),
+    ModelSpec("sd3.5-medium", "joint", "stabilityai/stable-diffusion-3.5-medium", 1024, 8, 2, gated=True,
+              licence="Stability AI Community License",
+              description="Stable Diffusion 3.5 Medium (MMDiT-X, 24 joint + 13 image-only attention layers)",
+              sampling=Sampling(40, 4.5, source=_CARD)),
+    ModelSpec("sd3.5-large", "joint", "stabilityai/stable-diffusion-3.5-large", 1024, 8, 2, gated=True,
+              licence="Stability AI Community License",
+              description="Stable Diffusion 3.5 Large (MMDiT, 38 joint attention layers)",
+              sampling=Sampling(28, 3.5, source=_CARD)),
     ModelSpec("mini-sd", "unet", None, 64, 2, 1, embedded=True,
               description="embedded SD1.5-topology U-Net, 64 px, pixel-unshuffle latent (10 self-attention layers)"),
     ModelSpec("mini-dit", "dit", None, 64, 2, 2, embedded=True,

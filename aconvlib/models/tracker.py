@@ -39,12 +39,13 @@ class LatentTracker:
 
     def _hook(self, module, args, kwargs):
         sample = self.family.call_sample(args, kwargs)
-        if not (isinstance(sample, torch.Tensor) and sample.ndim == 4):
+        hw = self.family.call_latent_hw(self.denoiser, args, kwargs)   # FLUX: packed tokens + img_ids
+        if hw is None:
             return None
         t = self.family.call_timestep(args, kwargs)
         self.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else (float(t) if t is not None else float("nan"))
         self.batch = int(sample.shape[0])
-        self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+        self.latent_hw = (int(hw[0]), int(hw[1]))
         if self.on_call is not None:
             self.on_call(self, sample, t)
         return None

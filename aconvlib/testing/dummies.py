@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tiny_inputs", "tiny_pixart", "tiny_unet"]
+__all__ = ["tiny_flux", "tiny_inputs", "tiny_pixart", "tiny_sd3", "tiny_unet"]
 
 
 def tiny_unet(seed: int = 0, cross_attention_dim: int = 16, text_time: bool = False, **overrides):
@@ -39,15 +39,45 @@ def tiny_pixart(seed: int = 0, learned_sigma: bool = True, **overrides):
     return PixArtTransformer2DModel(**cfg).eval()
 
 
+def tiny_flux(seed: int = 0, guidance: bool = False, **overrides):
+    """A ``FluxTransformer2DModel`` with 1 double- and 1 single-stream block (2 heads × 16, RoPE axes 4/6/6,
+    16 latent channels packed 2×2 → 64 inputs, text width 32); ``guidance`` embeds the guidance scale (FLUX-dev)."""
+    from diffusers import FluxTransformer2DModel
+
+    cfg = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+               num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance,
+               axes_dims_rope=(4, 6, 6))
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(**cfg).eval()
+
+
+def tiny_sd3(seed: int = 0, dual: bool = True, **overrides):
+    """An ``SD3Transformer2DModel`` with 2 joint blocks (2 heads × 16, patch 2, RMS q/k norms); ``dual`` gives the
+    first block SD3.5-medium's image-only second attention (``attn2``)."""
+    from diffusers import SD3Transformer2DModel
+
+    cfg = dict(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
+               num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=16,
+               pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,) if dual else ())
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(**cfg).eval()
+
+
 def tiny_inputs(model, batch: int = 2, hw: tuple[int, int] = (8, 8), seed: int = 0, text_len: int = 3) -> dict:
     """Inputs for :func:`aconvlib.models.denoise`: ``x``, ``t``, ``text_states`` and the family's ``cond``."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
-    width = getattr(cfg, "caption_channels", None) or cfg.cross_attention_dim
-    out = {"x": torch.randn(batch, cfg.in_channels, *hw, generator=g),
+    width = (getattr(cfg, "caption_channels", None) or getattr(cfg, "joint_attention_dim", None)
+             or cfg.cross_attention_dim)
+    channels = cfg.in_channels // 4 if type(model).__name__ == "FluxTransformer2DModel" else cfg.in_channels
+    out = {"x": torch.randn(batch, channels, *hw, generator=g),
            "t": torch.randint(0, 1000, (batch,), generator=g),
            "text_states": torch.randn(batch, text_len, width, generator=g), "cond": {}}
     if getattr(cfg, "addition_embed_type", None) == "text_time":
         out["cond"] = {"text_embeds": torch.randn(batch, cfg.cross_attention_dim, generator=g),
                        "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]]).repeat(batch, 1)}
+    if getattr(cfg, "pooled_projection_dim", None):   # joint-attention transformers
+        out["cond"] = {"pooled_projections": torch.randn(batch, cfg.pooled_projection_dim, generator=g)}
     return out

@@ -65,7 +65,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..mixers.convert import get_adapter, mixer_layers, save_mixer
-from ..models import denoise, get_denoiser, self_attention_layers
+from ..models import denoise, family_of, get_denoiser, self_attention_layers
 from ..utils import parse_dtype
 from .distill import DistillConfig, install_student, make_student, min_snr_weight, to_epsilon
 from .loop import RunLoop, atomic_save
@@ -305,9 +305,16 @@ class AcceleratedDistiller(RunLoop):
                 raise ValueError(f"{type(self.student).__name__} does not support gradient checkpointing")
             self.student.enable_gradient_checkpointing()
 
-        sched = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.prediction_type = sched.config.prediction_type
-        self.alphas = sched.alphas_cumprod.to(self.device)
+        # flow-matching models (FLUX, SD3): x_t = (1 − σ) x0 + σ ε, the velocity ε − x0 is the target, σ = t / T
+        self.flow = family_of(den).prediction_type(dict(pipe.scheduler.config)) == "flow_matching"
+        if self.flow:
+            self.prediction_type, self.alphas = "flow_matching", None
+            self.n_timesteps = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+        else:
+            sched = DDPMScheduler.from_config(pipe.scheduler.config)
+            self.prediction_type = sched.config.prediction_type
+            self.alphas = sched.alphas_cumprod.to(self.device)
+            self.n_timesteps = len(self.alphas)
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.mixed_precision == "fp16")
         self.ema = [p.detach().clone() for p in self.params] if run.ema_decay > 0 else None
@@ -350,8 +357,11 @@ class AcceleratedDistiller(RunLoop):
 
     # ------------------------------------------------------------------ the loss
     def terms(self, x0, text, cond, t, eps) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample loss terms [b] of one micro-batch: the Min-SNR ε term and the feature term."""
+        """Per-sample loss terms [b] of one micro-batch: the Min-SNR ε term (flow matching: the velocity term, σ
+        uniform in (0, 1], no weighting) and the feature term."""
         b = x0.shape[0]
+        if self.flow:
+            return self._flow_terms(x0, text, cond, t, eps)
         a = self.alphas[t].view(b, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         with torch.no_grad(), self._teacher_pass(), self._autocast():
@@ -364,6 +374,19 @@ class AcceleratedDistiller(RunLoop):
                    for n in self.t_out.values)
         return out, feat
 
+    def _flow_terms(self, x0, text, cond, t, eps):
+        sigma = (t.float() / self.n_timesteps).view(-1, 1, 1, 1)
+        x_t = (1 - sigma) * x0 + sigma * eps
+        with torch.no_grad(), self._teacher_pass(), self._autocast():
+            v_t = denoise(self.teacher, x_t, t.float(), text, **cond).float()
+        with self._autocast():
+            v_s = denoise(self.student, x_t, t.float(), text, **cond).float()
+        v = eps - x0
+        out = ((v_s - v) ** 2).mean((1, 2, 3)) + ((v_s - v_t) ** 2).mean((1, 2, 3))
+        feat = sum(((self.s_out.values[n].float() - self.t_out.values[n].float()) ** 2).flatten(1).mean(1)
+                   for n in self.t_out.values)
+        return out, feat
+
     def train_step(self) -> dict[str, torch.Tensor]:
         cfg, run = self.cfg, self.run_cfg
         for g in self.opt.param_groups:
@@ -371,7 +394,7 @@ class AcceleratedDistiller(RunLoop):
         x0, text, *rest = next(self.batches)
         cond = dict(rest[0]) if rest else {}
         B = x0.shape[0]
-        t = torch.randint(0, len(self.alphas), (B,), generator=self.gen, device=self.device)
+        t = torch.randint(int(self.flow), self.n_timesteps + int(self.flow), (B,), generator=self.gen, device=self.device)
         eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
         A = run.grad_accum
         mine = torch.arange(B).tensor_split(self.world * A)[self.rank * A:(self.rank + 1) * A]

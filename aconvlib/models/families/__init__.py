@@ -2,13 +2,15 @@
 
 A :class:`~aconvlib.models.families.base.DenoiserFamily` says, for its denoiser classes, how to find
 the self-attention layers and their token grids for a latent size, how to call the denoiser, and
-what it predicts. Supported: ``unet`` (``UNet2DConditionModel``: SD1.5, SDXL, mini-sd) and ``dit``
-(``PixArtTransformer2DModel``: PixArt-Σ, mini-dit). Adding a family (e.g. SD3/FLUX joint-attention
-transformers) is one new module defining a subclass, registered here, plus its tests.
+what it predicts. Supported: ``unet`` (``UNet2DConditionModel``: SD1.5, SDXL, mini-sd), ``dit``
+(``PixArtTransformer2DModel``: PixArt-Σ, mini-dit) and ``joint`` (``FluxTransformer2DModel``,
+``SD3Transformer2DModel``: FLUX.1, SD3.5 — joint text-image attention). Adding a family is one new module defining a
+subclass, registered here, plus its tests.
 """
 from __future__ import annotations
 
 from .base import DenoiserFamily, TextConditioning
+from .joint import JointFamily
 from .pixart import PixArtFamily
 from .unet import OFFICIAL_KERNEL_SIZES as _UNET_OFFICIAL
 from .unet import PAPER_KERNEL_SIZES as _UNET_PAPER
@@ -55,12 +57,13 @@ def text_conditioning(kind: str) -> TextConditioning:
 
 register_family(UNetFamily())
 register_family(PixArtFamily())
+register_family(JointFamily())
 
 #: the authors' per-resolution kernel sizes of the U-Nets, by architecture (``family.kind``) and (part, level)
 OFFICIAL_KERNEL_SIZES = dict(_UNET_OFFICIAL)
 #: the paper's kernel size K by architecture (``family.kind``)
 PAPER_KERNEL_SIZES = {**_UNET_PAPER, "pixart": PixArtFamily().paper_kernel_size(None)}
 
-__all__ = ["DenoiserFamily", "FAMILIES", "OFFICIAL_KERNEL_SIZES", "PAPER_KERNEL_SIZES", "PixArtFamily",
+__all__ = ["DenoiserFamily", "FAMILIES", "JointFamily", "OFFICIAL_KERNEL_SIZES", "PAPER_KERNEL_SIZES", "PixArtFamily",
            "TextConditioning", "UNetFamily", "family_of", "get_family", "register_family", "supported_classes",
            "text_conditioning"]

@@ -15,11 +15,13 @@ class TextConditioning:
         kind: the published architecture the denoiser follows (``family.kind``), e.g. for a cache's settings.
         pooled_and_time_ids: SDXL's ``text_time``: pooled text embeddings and size/crop time ids.
         attention_mask: PixArt's T5 attention mask (and its ``max_sequence_length``).
+        pooled: a pooled text embedding (``pooled_projections``: FLUX, SD3).
     """
 
     kind: str
     pooled_and_time_ids: bool = False
     attention_mask: bool = False
+    pooled: bool = False
 
 
 class DenoiserFamily:
@@ -34,6 +36,7 @@ class DenoiserFamily:
 
     name: str = ""
     class_names: tuple[str, ...] = ()
+    default_sample_size: int = 64   # latent side when the config has no ``sample_size``
     pipeline_attr: str = ""
     embedded_alternative: str = ""
 
@@ -41,8 +44,9 @@ class DenoiserFamily:
     def matches(self, denoiser) -> bool:
         return type(denoiser).__name__ in self.class_names
 
-    def model_class(self):
-        """The diffusers class used to load this family's denoisers (the first of :attr:`class_names`)."""
+    def model_class(self, config: Mapping[str, Any] | None = None):
+        """The diffusers class used to load this family's denoisers (the first of :attr:`class_names`; ``config``: the
+        denoiser's, read by families with several classes)."""
         import diffusers
 
         return getattr(diffusers, self.class_names[0])
@@ -79,6 +83,11 @@ class DenoiserFamily:
         """Whether ``module`` (at ``name``) is a self-attention layer to analyse or replace."""
         return name.endswith("attn1") and hasattr(module, "to_q") and not getattr(module, "is_cross_attention", False)
 
+    def layer_block_type(self, denoiser, name: str) -> str:
+        """What the layer at ``name`` attends over: ``"self"`` (image tokens only) or a joint block type (see
+        :mod:`aconvlib.models.families.joint`)."""
+        return "self"
+
     def num_levels(self, denoiser) -> int:
         """Number of distinct token-grid resolutions (U-Net levels; 1 for a DiT)."""
         return 1
@@ -100,6 +109,13 @@ class DenoiserFamily:
     def call_sample(args: tuple, kwargs: dict):
         """The latent a denoiser is called with, from a forward pre-hook's (args, kwargs) (None if absent)."""
         return args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+
+    def call_latent_hw(self, denoiser, args: tuple, kwargs: dict) -> tuple[int, int] | None:
+        """The latent (h, w) of a call, from a forward pre-hook's (args, kwargs) (None if not a latent call)."""
+        sample = self.call_sample(args, kwargs)
+        if isinstance(sample, torch.Tensor) and sample.ndim == 4:
+            return int(sample.shape[-2]), int(sample.shape[-1])
+        return None
 
     def call_timestep(self, args: tuple, kwargs: dict):
         """The timestep of a call, from a forward pre-hook's (args, kwargs) (None if absent)."""
