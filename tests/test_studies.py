@@ -26,3 +26,12 @@ def test_layer_labels():
     assert layer_label("up_blocks.3.attentions.2.transformer_blocks.9.attn1") == "up3.2.9"
     assert layer_label("mid_block.attentions.0.transformer_blocks.0.attn1") == "mid"
     assert layer_label("transformer_blocks.27.attn1") == "block 27"
+
+
+def test_default_scheduler_of_an_unregistered_hub_id_is_dpm():
+    """A released student's base (a hub id the registry does not know) samples with DPM-Solver++ like SD1.5."""
+    from aconvlib.book.studies import _default_scheduler
+
+    assert _default_scheduler("Lykon/DreamShaper") == "dpm"
+    assert _default_scheduler("sd15") == "dpm"
+    assert _default_scheduler("flux-dev") != "dpm"

@@ -65,7 +65,14 @@ def model_generation(model: str, gen: dict) -> dict:
 
 
 def _default_scheduler(model: str) -> str:
-    own = get_spec(model).sampling
+    """The model's own scheduler choice (:attr:`ModelSpec.sampling`); ``"dpm"`` for a model without one, and for a
+    hub id or folder the registry does not know (e.g. a released student's base, ``Lykon/DreamShaper``)."""
+    from ..models import UnknownModelError, lookup_spec
+
+    try:
+        own = lookup_spec(model).sampling
+    except UnknownModelError:
+        return "dpm"
     return "dpm" if own is None else own.scheduler
 
 
